@@ -1,0 +1,27 @@
+"""Configuration of every Stasis process: one YAML file plus `STASIS_*` overrides."""
+
+from .loader import ConfigError, env_overrides, load_config
+from .model import (
+    ArtifactsConfig,
+    AuthConfig,
+    Config,
+    ExecutorConfig,
+    NatsConfig,
+    ResourceLimits,
+    ServerConfig,
+    Timeouts,
+)
+
+__all__ = [
+    "ArtifactsConfig",
+    "AuthConfig",
+    "Config",
+    "ConfigError",
+    "ExecutorConfig",
+    "NatsConfig",
+    "ResourceLimits",
+    "ServerConfig",
+    "Timeouts",
+    "env_overrides",
+    "load_config",
+]

@@ -1,0 +1,118 @@
+"""The typed configuration tree; every key has a default that works on one host."""
+
+import os
+import socket
+
+import msgspec
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(base, "stasis")
+
+
+def _default_executor_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class NatsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where NATS is and how the JetStream streams are set up."""
+
+    url: str | None = None
+    """Server URL(s), comma-separated; unset starts an embedded nats-server."""
+    embedded_port: int = 0
+    """Port of the embedded server on 127.0.0.1; 0 picks a free one."""
+    replicas: int = 1
+    jobs_max_age: float | str = "30d"
+    logs_max_age: float | str = "7d"
+    logs_max_bytes: int | str = -1
+    duplicate_window: float | str = "2m"
+    ack_wait: float | str = "30s"
+    """How long a dispatch message stays with an executor between progress acks."""
+    connect_timeout: float | str = "5s"
+
+
+class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The gateway's HTTP listener."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = None
+    """Base URL put in links of responses; defaults to http://host:port."""
+    sse_heartbeat: float | str = "15s"
+
+
+class ResourceLimits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Limits applied to every job container."""
+
+    cpus: float = 1.0
+    memory: int | str = "1g"
+    pids: int = 512
+
+
+class Timeouts(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Executor time limits, in seconds or durations such as "10m"."""
+
+    job: float | str = "1h"
+    """Default and maximum time of a whole run."""
+    step: float | str = "1h"
+    """Maximum time of one step; a pipeline's own `timeout` is capped by it."""
+    clone: float | str = "5m"
+    kill_grace: float | str = "10s"
+    """Time between SIGTERM and SIGKILL when a step is stopped."""
+
+
+class ExecutorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One executor process."""
+
+    id: str = msgspec.field(default_factory=_default_executor_id)
+    pool: str = "default"
+    max_concurrent_jobs: int = 2
+    workspace_root: str | None = None
+    """Host directory for clones before upload; defaults to <data_dir>/workspaces."""
+    network: str = "bridge"
+    """Docker network mode of job containers; "none" disables networking."""
+    pull_images: bool = True
+    resources: ResourceLimits = msgspec.field(default_factory=ResourceLimits)
+    timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
+    docker_url: str | None = None
+    """Docker API URL; unset uses DOCKER_HOST or the local socket."""
+
+
+class ArtifactsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where artifacts are stored."""
+
+    storage_type: str = "local"
+    path: str | None = None
+    """Root of the local store; defaults to <data_dir>/artifacts."""
+
+
+class AuthConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """API keys and rate limits of the gateway."""
+
+    enabled: bool = False
+    api_keys: list[str] = []
+    api_key_file: str | None = None
+    rate_limit_per_minute: int = 600
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The whole configuration of a Stasis deployment."""
+
+    data_dir: str = msgspec.field(default_factory=_default_data_dir)
+    log_level: str = "INFO"
+    nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    executor: ExecutorConfig = msgspec.field(default_factory=ExecutorConfig)
+    artifacts: ArtifactsConfig = msgspec.field(default_factory=ArtifactsConfig)
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+
+    @property
+    def workspace_root(self) -> str:
+        """The executor's clone directory, resolved against the data directory."""
+        return self.executor.workspace_root or os.path.join(self.data_dir, "workspaces")
+
+    @property
+    def logs_dir(self) -> str:
+        """Where the logsink writes persisted logs."""
+        return os.path.join(self.data_dir, "logs")

@@ -1,0 +1,63 @@
+"""Event types, subjects, stream set-up and the fold shared by every service."""
+
+from .connection import connect
+from .errors import InvalidTransition, NatsUnavailable, StasisEventError, StreamConflict
+from .fold import TERMINAL, JobState, RunState, StepState, apply, fold
+from .ids import new_id
+from .types import (
+    AnyEvent,
+    CancelRequested,
+    DispatchOrder,
+    Event,
+    JobQueued,
+    JobSubmitted,
+    LogChunk,
+    PipelineLoaded,
+    Repository,
+    RunFinished,
+    RunStarted,
+    SourceCheckedOut,
+    StepFinished,
+    StepPlan,
+    StepStarted,
+    decode_chunk,
+    decode_dispatch,
+    decode_event,
+    encode,
+    event_tag,
+)
+
+__all__ = [
+    "TERMINAL",
+    "AnyEvent",
+    "CancelRequested",
+    "DispatchOrder",
+    "Event",
+    "InvalidTransition",
+    "JobQueued",
+    "JobState",
+    "JobSubmitted",
+    "LogChunk",
+    "NatsUnavailable",
+    "PipelineLoaded",
+    "Repository",
+    "RunFinished",
+    "RunStarted",
+    "RunState",
+    "SourceCheckedOut",
+    "StasisEventError",
+    "StepFinished",
+    "StepPlan",
+    "StepStarted",
+    "StepState",
+    "StreamConflict",
+    "apply",
+    "connect",
+    "decode_chunk",
+    "decode_dispatch",
+    "decode_event",
+    "encode",
+    "event_tag",
+    "fold",
+    "new_id",
+]

@@ -1,0 +1,49 @@
+"""Connecting to NATS with reconnects and a clear error when nobody answers."""
+
+import logging
+
+import nats
+from nats.aio.client import Client
+from nats.errors import NoServersError
+
+from .errors import NatsUnavailable
+
+log = logging.getLogger(__name__)
+
+
+async def connect(url: str, name: str, connect_timeout: float = 5.0) -> Client:
+    """Connect to the NATS server(s) at `url` (comma-separated) as client `name`.
+
+    Once connected, the client reconnects forever with a short pause between
+    tries, so that a restarted server is picked up by itself. Raises
+    NatsUnavailable when no server answers the first connect.
+    """
+    servers = [s.strip() for s in url.split(",") if s.strip()]
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("NATS error on %s: %s", name, exc)
+
+    async def on_disconnect() -> None:
+        log.warning("disconnected from NATS (%s); reconnecting", name)
+
+    async def on_reconnect() -> None:
+        log.info("reconnected to NATS (%s)", name)
+
+    try:
+        return await nats.connect(
+            servers,
+            name=name,
+            connect_timeout=max(1, int(connect_timeout)),
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+        )
+    except (NoServersError, OSError, TimeoutError) as exc:
+        raise NatsUnavailable(
+            f"no NATS server answered at {url!r} ({exc.__class__.__name__}: {exc}). "
+            "Start nats-server with JetStream (-js) there, or leave nats.url unset "
+            "so that stasis starts an embedded server"
+        ) from exc

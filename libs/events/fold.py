@@ -1,0 +1,267 @@
+"""The pure fold that rebuilds a job's state from its events.
+
+Every process that needs a job's state (gateway projection, scheduler,
+executor, audit) calls the same `apply`, so that they can never disagree about
+what a stream means. `apply` raises `InvalidTransition` for an event that the
+state does not allow, for example a run that starts after it has finished.
+"""
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from .errors import InvalidTransition
+from .types import (
+    AnyEvent,
+    CancelRequested,
+    JobQueued,
+    JobSubmitted,
+    PipelineLoaded,
+    Repository,
+    RunFinished,
+    RunStarted,
+    SourceCheckedOut,
+    StepFinished,
+    StepStarted,
+)
+
+RunStatus = Literal[
+    "submitted",
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "timed_out",
+    "skipped",
+    "expired",
+]
+StepStatus = Literal[
+    "pending", "running", "succeeded", "failed", "cancelled", "timed_out", "skipped"
+]
+
+TERMINAL: frozenset[str] = frozenset(
+    {"succeeded", "failed", "cancelled", "timed_out", "skipped", "expired"}
+)
+_RANK = {"submitted": 0, "queued": 1, "running": 2}
+
+
+class StepState(msgspec.Struct, frozen=True, kw_only=True):
+    """What is known of one step in one run."""
+
+    name: str
+    type: str
+    status: StepStatus = "pending"
+    attempt: int = 0
+    exit_code: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float = 0.0
+    reason: str = ""
+
+
+class RunState(msgspec.Struct, frozen=True, kw_only=True):
+    """What is known of one run of a job."""
+
+    run_id: str
+    number: int
+    status: RunStatus = "submitted"
+    submitted_at: datetime
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    executor_id: str | None = None
+    attempt: int = 0
+    commit: str | None = None
+    image: str | None = None
+    steps: tuple[StepState, ...] = ()
+    cancel_requested: bool = False
+    reason: str = ""
+    duration_s: float = 0.0
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run has reached a final outcome."""
+        return self.status in TERMINAL
+
+
+class JobState(msgspec.Struct, frozen=True, kw_only=True):
+    """What is known of one job: what was submitted and each of its runs."""
+
+    job_id: str
+    repository: Repository
+    env: dict[str, str]
+    trigger: str
+    pool: str
+    submitted_at: datetime
+    submitted_by: str | None
+    runs: tuple[RunState, ...]
+
+    @property
+    def last_run(self) -> RunState:
+        """The most recent run, whose status is the job's status."""
+        return self.runs[-1]
+
+    @property
+    def status(self) -> RunStatus:
+        """The status of the most recent run."""
+        return self.runs[-1].status
+
+    def run(self, run_id: str) -> RunState | None:
+        """Return the run named `run_id`, or None."""
+        for run in self.runs:
+            if run.run_id == run_id:
+                return run
+        return None
+
+
+def fold(events: Iterable[AnyEvent]) -> JobState | None:
+    """Rebuild a job's state from its events, oldest first."""
+    state: JobState | None = None
+    for event in events:
+        state = apply(state, event)
+    return state
+
+
+def apply(state: JobState | None, event: AnyEvent) -> JobState:
+    """Return the state after `event`; raise InvalidTransition if it cannot follow."""
+    if isinstance(event, JobSubmitted):
+        if state is not None:
+            raise InvalidTransition(f"job {event.job_id} was already submitted")
+        return _submitted(event)
+
+    if state is None:
+        raise InvalidTransition(
+            f"{type(event).__name__} for job {event.job_id} before job.submitted"
+        )
+    if event.job_id != state.job_id:
+        raise InvalidTransition(
+            f"event for job {event.job_id} applied to job {state.job_id}"
+        )
+    run = state.run(event.run_id)
+    if run is None:
+        raise InvalidTransition(f"job {state.job_id} has no run {event.run_id}")
+
+    new_run = _apply_to_run(run, event)
+    runs = tuple(new_run if r.run_id == run.run_id else r for r in state.runs)
+    return msgspec.structs.replace(state, runs=runs)
+
+
+def _submitted(event: JobSubmitted) -> JobState:
+    run = RunState(run_id=event.run_id, number=1, submitted_at=event.at)
+    return JobState(
+        job_id=event.job_id,
+        repository=event.repository,
+        env=event.env,
+        trigger=event.trigger,
+        pool=event.pool,
+        submitted_at=event.at,
+        submitted_by=event.submitted_by,
+        runs=(run,),
+    )
+
+
+def _apply_to_run(run: RunState, event: AnyEvent) -> RunState:
+    replace = msgspec.structs.replace
+    match event:
+        case CancelRequested():
+            if run.finished:
+                return run
+            return replace(run, cancel_requested=True)
+        case JobQueued():
+            _require_status(run, event, {"submitted"})
+            return replace(run, status="queued", queued_at=event.at)
+        case RunStarted():
+            if run.status == "running" and event.attempt > run.attempt:
+                return replace(
+                    run, attempt=event.attempt, executor_id=event.executor_id
+                )
+            _require_status(run, event, {"queued"})
+            return replace(
+                run,
+                status="running",
+                started_at=event.at,
+                executor_id=event.executor_id,
+                attempt=event.attempt,
+            )
+        case SourceCheckedOut():
+            _require_status(run, event, {"running"})
+            return replace(run, commit=event.commit)
+        case PipelineLoaded():
+            _require_status(run, event, {"running"})
+            steps = tuple(StepState(name=s.name, type=s.type) for s in event.steps)
+            return replace(run, image=event.image, steps=steps)
+        case StepStarted() | StepFinished():
+            _require_status(run, event, {"running"})
+            return replace(run, steps=_apply_to_steps(run, event))
+        case RunFinished():
+            if run.finished:
+                raise InvalidTransition(
+                    f"run {run.run_id} finished twice ({run.status}, then "
+                    f"{event.outcome})"
+                )
+            return replace(
+                run,
+                status=event.outcome,
+                finished_at=event.at,
+                reason=event.reason,
+                duration_s=event.duration_s,
+            )
+    raise InvalidTransition(f"unknown event type {type(event).__name__}")
+
+
+def _require_status(run: RunState, event: AnyEvent, allowed: set[str]) -> None:
+    if run.status not in allowed:
+        backwards = _RANK.get(run.status, 3) > min(_RANK.get(s, 3) for s in allowed)
+        kind = "goes backwards from" if backwards else "cannot follow"
+        raise InvalidTransition(
+            f"{type(event).__name__} {kind} status {run.status!r} of run {run.run_id}"
+        )
+
+
+def _apply_to_steps(
+    run: RunState, event: StepStarted | StepFinished
+) -> tuple[StepState, ...]:
+    steps = list(run.steps)
+    for index, step in enumerate(steps):
+        if step.name == event.step:
+            steps[index] = _apply_to_step(step, event)
+            return tuple(steps)
+    raise InvalidTransition(f"run {run.run_id} has no step {event.step!r}")
+
+
+def _apply_to_step(step: StepState, event: StepStarted | StepFinished) -> StepState:
+    replace = msgspec.structs.replace
+    if isinstance(event, StepStarted):
+        if event.attempt <= step.attempt:
+            raise InvalidTransition(
+                f"step {step.name!r} attempt {event.attempt} started after attempt "
+                f"{step.attempt}"
+            )
+        return replace(
+            step,
+            status="running",
+            attempt=event.attempt,
+            started_at=event.at,
+            finished_at=None,
+            exit_code=None,
+        )
+
+    if event.outcome == "skipped":
+        if step.status != "pending":
+            raise InvalidTransition(f"step {step.name!r} skipped while {step.status!r}")
+    elif step.status != "running" or event.attempt != step.attempt:
+        raise InvalidTransition(
+            f"step {step.name!r} attempt {event.attempt} finished while "
+            f"{step.status!r} at attempt {step.attempt}"
+        )
+    return replace(
+        step,
+        status=event.outcome,
+        exit_code=event.exit_code,
+        finished_at=event.at,
+        duration_s=event.duration_s,
+        reason=event.reason,
+    )

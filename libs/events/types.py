@@ -1,0 +1,201 @@
+"""The event types of a job's stream, a tagged msgspec union.
+
+Each event is one fact in the past tense. Events are a public, versioned
+interface: a field is only ever added, with a default, never renamed or retyped,
+so that every stream recorded by an earlier version still decodes.
+"""
+
+from datetime import UTC, datetime
+from typing import Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+RunOutcome = Literal[
+    "succeeded", "failed", "cancelled", "timed_out", "skipped", "expired"
+]
+StepOutcome = Literal["succeeded", "failed", "cancelled", "timed_out", "skipped"]
+StepType = Literal["pre", "exec", "post"]
+
+
+def utc_now() -> datetime:
+    """Return the current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class Repository(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the source of a job comes from."""
+
+    url: str
+    branch: str | None = None
+    commit: str | None = None
+
+
+class StepPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """One step of a loaded pipeline, in the order it will run."""
+
+    name: str
+    type: StepType
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Fields shared by every event: which job and run it concerns, and when."""
+
+    job_id: str
+    run_id: str
+    at: datetime = msgspec.field(default_factory=utc_now)
+
+
+class JobSubmitted(Event, frozen=True, kw_only=True, tag="job.submitted"):
+    """A user submitted a job; `run_id` names its first run."""
+
+    repository: Repository
+    env: dict[str, str] = {}
+    trigger: str = "manual"
+    pool: str = "default"
+    submitted_by: str | None = None
+
+
+class JobQueued(Event, frozen=True, kw_only=True, tag="job.queued"):
+    """The scheduler put a run in the queue of an executor pool."""
+
+    pool: str = "default"
+    reason: str = ""
+
+
+class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
+    """An executor took the run and began attempt `attempt` of it."""
+
+    executor_id: str
+    attempt: int = 1
+
+
+class SourceCheckedOut(Event, frozen=True, kw_only=True, tag="source.checked_out"):
+    """The executor cloned the repository and checked out `commit`."""
+
+    commit: str
+    branch: str | None = None
+
+
+class PipelineLoaded(Event, frozen=True, kw_only=True, tag="pipeline.loaded"):
+    """The executor read `.stasis-ci.yaml`; `steps` is the order they run in."""
+
+    image: str
+    steps: list[StepPlan]
+
+
+class StepStarted(Event, frozen=True, kw_only=True, tag="step.started"):
+    """A step's container started."""
+
+    step: str
+    attempt: int = 1
+
+
+class StepFinished(Event, frozen=True, kw_only=True, tag="step.finished"):
+    """A step ended; `exit_code` is None when it never ran to an exit."""
+
+    step: str
+    outcome: StepOutcome
+    attempt: int = 1
+    exit_code: int | None = None
+    duration_s: float = 0.0
+    reason: str = ""
+
+
+class CancelRequested(Event, frozen=True, kw_only=True, tag="run.cancel_requested"):
+    """A user asked to cancel the run."""
+
+    requested_by: str | None = None
+    reason: str = ""
+
+
+class RunFinished(Event, frozen=True, kw_only=True, tag="run.finished"):
+    """The run reached its final outcome; nothing of it runs any more."""
+
+    outcome: RunOutcome
+    reason: str = ""
+    duration_s: float = 0.0
+
+
+AnyEvent = (
+    JobSubmitted
+    | JobQueued
+    | RunStarted
+    | SourceCheckedOut
+    | PipelineLoaded
+    | StepStarted
+    | StepFinished
+    | CancelRequested
+    | RunFinished
+)
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    JobSubmitted,
+    JobQueued,
+    RunStarted,
+    SourceCheckedOut,
+    PipelineLoaded,
+    StepStarted,
+    StepFinished,
+    CancelRequested,
+    RunFinished,
+)
+
+
+class DispatchOrder(msgspec.Struct, frozen=True, kw_only=True):
+    """The work-queue message that tells an executor to run one run of a job."""
+
+    job_id: str
+    run_id: str
+    pool: str = "default"
+
+
+class LogChunk(msgspec.Struct, frozen=True, kw_only=True):
+    """A batch of output of one step, as captured by the executor.
+
+    `seq` counts the chunks of one step attempt from 1, so a reader can tell a
+    gap from a pause. `stream` is "stdout", "stderr" or "system" (executor notes).
+    """
+
+    job_id: str
+    run_id: str
+    step: str
+    seq: int
+    stream: Literal["stdout", "stderr", "system"]
+    data: str
+    attempt: int = 1
+    at: datetime = msgspec.field(default_factory=utc_now)
+
+
+def event_tag(event: Event) -> str:
+    """Return the `type` tag that an event is encoded with."""
+    tag = type(event).__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+_encoder = msgspec.json.Encoder()
+_event_decoder = msgspec.json.Decoder(AnyEvent)
+_chunk_decoder = msgspec.json.Decoder(LogChunk)
+_dispatch_decoder = msgspec.json.Decoder(DispatchOrder)
+
+
+def encode(value: msgspec.Struct) -> bytes:
+    """Encode an event, log chunk or dispatch order as JSON."""
+    return _encoder.encode(value)
+
+
+def decode_event(data: bytes) -> AnyEvent:
+    """Decode one job event; raise msgspec.ValidationError if it is not one."""
+    return _event_decoder.decode(data)
+
+
+def decode_chunk(data: bytes) -> LogChunk:
+    """Decode one log chunk."""
+    return _chunk_decoder.decode(data)
+
+
+def decode_dispatch(data: bytes) -> DispatchOrder:
+    """Decode one dispatch order."""
+    return _dispatch_decoder.decode(data)

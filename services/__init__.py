@@ -1,0 +1,1 @@
+"""The Stasis CI processes: gateway, scheduler, executor, logsink and the CLI."""
