@@ -97,8 +97,9 @@ class EmbeddedNats:
         assert self._process is not None
         while True:
             if self._process.returncode is not None:
+                code = self._process.returncode
                 raise EmbeddedNatsError(
-                    f"embedded nats-server exited with code {self._process.returncode}; "
+                    f"embedded nats-server exited with code {code}; "
                     f"its log is {self.log_file}: {self._log_tail()}"
                 )
             try:
