@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import IO
 
-import boto3  # type: ignore[import-untyped]
+import boto3
 
 from libs.events.embedded import free_port
 

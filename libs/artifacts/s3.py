@@ -19,8 +19,8 @@ from datetime import UTC
 from typing import IO, Any
 
 import aioboto3
-from botocore.config import Config as BotoConfig  # type: ignore[import-untyped]
-from botocore.exceptions import (  # type: ignore[import-untyped]
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import (
     BotoCoreError,
     ClientError,
 )

@@ -59,7 +59,7 @@ def load_config(
     return config
 
 
-def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, Any]]:
     """Return (dotted key, value) for each `STASIS_*` variable naming a known key.
 
     `STASIS_EXECUTOR_MAX_CONCURRENT_JOBS` sets `executor.max_concurrent_jobs`;
@@ -68,7 +68,7 @@ def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, str]]:
     known = {
         ENV_PREFIX + key.replace(".", "_").upper(): key for key in _leaf_keys(Config)
     }
-    found = []
+    found: list[tuple[str, Any]] = []
     for name, value in environ.items():
         key = known.get(name)
         if key is None:
@@ -77,7 +77,7 @@ def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, str]]:
             found.append((key, [v.strip() for v in value.split(",") if v.strip()]))
         else:
             found.append((key, value))
-    return found  # type: ignore[return-value]
+    return found
 
 
 def _leaf_keys(struct_type: type, prefix: str = "") -> list[str]:

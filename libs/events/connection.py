@@ -24,13 +24,16 @@ async def connect(url: str, name: str, connect_timeout: float = 5.0) -> Client:
         log.warning("NATS error on %s: %s", name, exc)
 
     async def on_disconnect() -> None:
+        if client is not None and (client.is_closed or client.is_draining):
+            return
         log.warning("disconnected from NATS (%s); reconnecting", name)
 
     async def on_reconnect() -> None:
         log.info("reconnected to NATS (%s)", name)
 
+    client: Client | None = None
     try:
-        return await nats.connect(
+        client = await nats.connect(
             servers,
             name=name,
             connect_timeout=max(1, int(connect_timeout)),
@@ -47,3 +50,4 @@ async def connect(url: str, name: str, connect_timeout: float = 5.0) -> Client:
             "Start nats-server with JetStream (-js) there, or leave nats.url unset "
             "so that stasis starts an embedded server"
         ) from exc
+    return client

@@ -80,6 +80,7 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     cancel_requested: bool = False
     reason: str = ""
     duration_s: float = 0.0
+    last_log_seq: int = 0
 
     @property
     def finished(self) -> bool:
@@ -208,6 +209,7 @@ def _apply_to_run(run: RunState, event: AnyEvent) -> RunState:
                 finished_at=event.at,
                 reason=event.reason,
                 duration_s=event.duration_s,
+                last_log_seq=event.last_log_seq,
             )
     raise InvalidTransition(f"unknown event type {type(event).__name__}")
 

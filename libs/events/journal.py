@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 
 import msgspec
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
@@ -83,14 +84,15 @@ async def last_seq(js: JetStreamContext, job_id: str) -> int:
 
 async def read_job(js: JetStreamContext, job_id: str) -> list[StoredEvent]:
     """Return every stored event of one job, oldest first."""
-    last = await last_seq(js, job_id)
-    if last == 0:
-        return []
-    events: list[StoredEvent] = []
-    async for stored in follow(js, subjects.job_subject(job_id)):
-        events.append(stored)
-        if stored.seq >= last:
-            break
+    messages = await read_subject(
+        js, subjects.JOBS_STREAM, subjects.job_subject(job_id)
+    )
+    events = []
+    for msg in messages:
+        meta = msg.metadata
+        events.append(
+            StoredEvent(meta.sequence.stream, decode_event(msg.data), meta.timestamp)
+        )
     return events
 
 
@@ -139,3 +141,35 @@ async def follow(
 async def sleep_backoff(attempt: int, base: float = 0.2, cap: float = 5.0) -> None:
     """Sleep before retry number `attempt` (from 1), doubling up to `cap` seconds."""
     await asyncio.sleep(min(cap, base * 2 ** (attempt - 1)))
+
+
+async def read_subject(
+    js: JetStreamContext, stream: str, subject: str, start_seq: int = 1
+) -> list[Msg]:
+    """Return the messages stored on `subject` from `start_seq` on, oldest first.
+
+    Stops at the last message stored when the read began; use `follow` or a
+    live subscription to go on from there.
+    """
+    sub = await js.subscribe(
+        subject,
+        stream=stream,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        config=ConsumerConfig(opt_start_seq=max(1, start_seq)),
+        pending_msgs_limit=-1,
+        pending_bytes_limit=-1,
+    )
+    try:
+        info = await sub.consumer_info()
+        delivered = info.delivered.consumer_seq if info.delivered else 0
+        if not info.num_pending and not delivered:
+            return []
+        messages = []
+        while True:
+            msg = await sub.next_msg(timeout=10.0)
+            messages.append(msg)
+            if msg.metadata.num_pending == 0:
+                return messages
+    finally:
+        await sub.unsubscribe()

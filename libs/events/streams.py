@@ -91,11 +91,22 @@ async def ensure_streams(js: JetStreamContext, config: NatsConfig) -> None:
 async def ensure_consumer(
     js: JetStreamContext, stream: str, config: ConsumerConfig
 ) -> None:
-    """Create a durable pull consumer, or update it when it exists."""
+    """Create a durable consumer; an existing one with other settings is kept.
+
+    JetStream answers an identical create with the existing consumer, so only
+    a changed setting fails; the consumer then keeps its old settings until
+    an operator deletes it, which the warning says.
+    """
     try:
         await js.add_consumer(stream, config)
-    except BadRequestError:
-        await js.update_consumer(stream, config)
+    except BadRequestError as exc:
+        log.warning(
+            "consumer %s on %s exists with other settings (%s); keeping it. "
+            "Delete it with `nats consumer rm` to apply the new ones",
+            config.durable_name,
+            stream,
+            exc.description,
+        )
 
 
 def dispatch_consumer_config(pool: str, ack_wait: float) -> ConsumerConfig:

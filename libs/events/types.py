@@ -101,6 +101,9 @@ class StepFinished(Event, frozen=True, kw_only=True, tag="step.finished"):
     exit_code: int | None = None
     duration_s: float = 0.0
     reason: str = ""
+    last_log_seq: int = 0
+    """Stream sequence of the step's last log chunk (0: none), so a reader can
+    show the whole log before the outcome."""
 
 
 class CancelRequested(Event, frozen=True, kw_only=True, tag="run.cancel_requested"):
@@ -116,6 +119,8 @@ class RunFinished(Event, frozen=True, kw_only=True, tag="run.finished"):
     outcome: RunOutcome
     reason: str = ""
     duration_s: float = 0.0
+    last_log_seq: int = 0
+    """Stream sequence of the run's last log chunk (0: none)."""
 
 
 AnyEvent = (

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install everything Stasis CI and its tests need on a fresh Debian machine (run as
+# root): system packages, a running Docker daemon, the Python virtualenv and the
+# small image the tests use. Safe to run again; it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=(docker.io busybox-static git debootstrap ca-certificates)
+missing=()
+for package in "${apt_packages[@]}"; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+bash scripts/start-docker.sh
+
+if [[ ! -x .venv/bin/python ]]; then
+    echo "setup: creating .venv"
+    python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+
+bash scripts/build-test-image.sh
+echo "setup: done"

@@ -1,0 +1,1 @@
+"""The `stasis` command line."""

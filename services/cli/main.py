@@ -1,0 +1,288 @@
+"""The `stasis` command: run services, submit jobs and follow them.
+
+Exit codes of the commands that wait for a job: 0 succeeded (or skipped),
+1 failed, 124 timed out, 130 cancelled, 2 for a usage or connection error.
+"""
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from libs.config import Config, ConfigError, load_config
+from libs.events.embedded import EmbeddedNats
+from services.executor.service import Executor
+from services.gateway import Gateway
+from services.logsink import LogSink
+from services.runtime import run_until_signal, setup_logging
+from services.scheduler import Scheduler
+
+from .client import ApiError, GatewayClient
+from .stack import Service, Stack
+
+log = logging.getLogger("stasis")
+
+EXIT_CODES = {
+    "succeeded": 0,
+    "skipped": 0,
+    "failed": 1,
+    "timed_out": 124,
+    "cancelled": 130,
+}
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `stasis` command line and return its exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(asyncio.run(args.handler(args)))
+    except (ConfigError, ApiError, RuntimeError) as exc:
+        print(f"stasis: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stasis", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", "-c", help="configuration file (YAML)")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("STASIS_URL", DEFAULT_URL),
+        help=f"gateway URL for client commands (default $STASIS_URL or {DEFAULT_URL})",
+    )
+    parser.add_argument("--api-key", default=os.environ.get("STASIS_API_KEY"))
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    up = commands.add_parser("up", help="run NATS and every service in the foreground")
+    up.set_defaults(handler=cmd_up)
+    nats = commands.add_parser("nats", help="run only the embedded NATS server")
+    nats.set_defaults(handler=cmd_nats)
+    for name in ("gateway", "scheduler", "executor", "logsink"):
+        service = commands.add_parser(name, help=f"run only the {name}")
+        service.set_defaults(handler=cmd_service, service=name)
+        if name == "executor":
+            service.add_argument("--slots", type=int, help="max concurrent jobs")
+            service.add_argument("--pool", help="executor pool to pull from")
+
+    run = commands.add_parser(
+        "run", help="run the pipeline of a local repository through the whole system"
+    )
+    run.add_argument("path", help="path of a git repository with .stasis-ci.yaml")
+    run.add_argument("--branch")
+    run.add_argument("--commit")
+    run.add_argument("--env", "-e", action="append", default=[], metavar="NAME=VALUE")
+    run.set_defaults(handler=cmd_run)
+
+    submit = commands.add_parser("submit", help="submit a job to a running gateway")
+    submit.add_argument("repository", help="repository URL or absolute path")
+    submit.add_argument("--branch")
+    submit.add_argument("--commit")
+    submit.add_argument(
+        "--env", "-e", action="append", default=[], metavar="NAME=VALUE"
+    )
+    submit.add_argument(
+        "--follow", "-f", action="store_true", help="print the log live"
+    )
+    submit.set_defaults(handler=cmd_submit)
+
+    status = commands.add_parser("status", help="show a job")
+    status.add_argument("job_id")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+
+    logs = commands.add_parser("logs", help="print a job's log")
+    logs.add_argument("job_id")
+    logs.add_argument(
+        "--follow", "-f", action="store_true", help="follow until it ends"
+    )
+    logs.set_defaults(handler=cmd_logs)
+
+    cancel = commands.add_parser("cancel", help="cancel a job's current run")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(handler=cmd_cancel)
+    return parser
+
+
+def _config(args: argparse.Namespace, **overrides: Any) -> Config:
+    config = load_config(args.config, overrides=overrides)
+    setup_logging(config.log_level)
+    return config
+
+
+async def cmd_up(args: argparse.Namespace) -> int:
+    """Run embedded NATS (unless nats.url is set) and all four services."""
+    stack = Stack(_config(args))
+    await run_until_signal(stack.start, stack.stop)
+    return 0
+
+
+async def cmd_nats(args: argparse.Namespace) -> int:
+    """Run the embedded NATS server alone, for services started one by one."""
+    config = _config(args)
+    server = EmbeddedNats(
+        os.path.join(config.data_dir, "nats"), config.nats.embedded_port
+    )
+
+    async def start() -> None:
+        await server.start()
+        print(server.url, flush=True)
+
+    await run_until_signal(start, server.stop)
+    return 0
+
+
+async def cmd_service(args: argparse.Namespace) -> int:
+    """Run one service against the configured NATS."""
+    overrides: dict[str, Any] = {}
+    if getattr(args, "slots", None):
+        overrides["executor.max_concurrent_jobs"] = args.slots
+    if getattr(args, "pool", None):
+        overrides["executor.pool"] = args.pool
+    config = _config(args, **overrides)
+    classes: dict[str, type[Service]] = {
+        "gateway": Gateway,
+        "scheduler": Scheduler,
+        "executor": Executor,
+        "logsink": LogSink,
+    }
+    service = classes[args.service](config)  # type: ignore[call-arg]
+    await run_until_signal(service.start, service.stop)
+    return 0
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    """Start a private stack, run one local repository's pipeline, print its log."""
+    path = Path(os.path.abspath(args.path))
+    if not os.path.exists(path / ".git"):
+        print(
+            f"stasis: {str(path)!r} is not a git repository; run `git init` and "
+            "commit .stasis-ci.yaml there, or pass the path of one",
+            file=sys.stderr,
+        )
+        return 2
+    config = _config(args, **{"server.port": 0})
+    store = tempfile.mkdtemp(prefix="stasis-run-nats-")
+    stack = Stack(config, nats_store=store)
+    try:
+        await stack.start()
+        assert stack.gateway is not None
+        async with GatewayClient(stack.gateway.url) as client:
+            body = _job_body(str(path), args)
+            accepted = await client.submit(body)
+            print(f"job {accepted['job_id']} submitted", file=sys.stderr)
+            return await _follow(client, accepted["job_id"])
+    finally:
+        await stack.stop()
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def _job_body(repository: str, args: argparse.Namespace) -> dict[str, Any]:
+    env = {}
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise RuntimeError(f"--env {item!r} must be NAME=VALUE")
+        env[name] = value
+    repo: dict[str, Any] = {"url": repository}
+    if args.branch:
+        repo["branch"] = args.branch
+    if args.commit:
+        repo["commit"] = args.commit
+    return {"repository": repo, "env": env}
+
+
+async def _follow(client: GatewayClient, job_id: str) -> int:
+    """Print a job's log and progress until it ends; return its exit code."""
+    status = "unknown"
+    async for sse in client.stream(job_id):
+        if sse.event == "log":
+            chunk = json.loads(sse.data)
+            out = sys.stderr if chunk["stream"] == "stderr" else sys.stdout
+            out.write(chunk["data"])
+            out.flush()
+        elif sse.event == "end":
+            status = json.loads(sse.data)["status"]
+        else:
+            _print_event(json.loads(sse.data))
+    print(f"job {job_id} {status}", file=sys.stderr)
+    return EXIT_CODES.get(status, 1)
+
+
+def _print_event(event: dict[str, Any]) -> None:
+    kind = event.get("type", "")
+    if kind == "step.started":
+        attempt = (
+            f" (attempt {event['attempt']})" if event.get("attempt", 1) > 1 else ""
+        )
+        print(f"==> step {event['step']}{attempt}", file=sys.stderr)
+    elif kind == "step.finished":
+        reason = f": {event['reason']}" if event.get("reason") else ""
+        print(
+            f"<== step {event['step']} {event['outcome']} in "
+            f"{event.get('duration_s', 0):.2f}s{reason}",
+            file=sys.stderr,
+        )
+    elif kind == "run.finished" and event.get("reason"):
+        print(f"run {event['outcome']}: {event['reason']}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+async def cmd_submit(args: argparse.Namespace) -> int:
+    """Submit a job to the gateway at --url."""
+    async with GatewayClient(args.url, args.api_key) as client:
+        accepted = await client.submit(_job_body(args.repository, args))
+        print(accepted["job_id"])
+        if args.follow:
+            return await _follow(client, accepted["job_id"])
+    return 0
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    """Print a job's status and steps."""
+    async with GatewayClient(args.url, args.api_key) as client:
+        job = await client.request("GET", f"/api/v1/jobs/{args.job_id}")
+    if args.json:
+        print(json.dumps(job, indent=2))
+        return 0
+    run = job["runs"][-1]
+    print(f"job {job['job_id']}: {job['status']}  ({job['repository']['url']})")
+    if run.get("reason"):
+        print(f"  reason: {run['reason']}")
+    for step in run.get("steps", []):
+        code = "" if step.get("exit_code") is None else f" exit {step['exit_code']}"
+        print(f"  {step['name']:<20} {step['status']}{code}")
+    return 0
+
+
+async def cmd_logs(args: argparse.Namespace) -> int:
+    """Print a job's log, or follow it live with -f."""
+    async with GatewayClient(args.url, args.api_key) as client:
+        if args.follow:
+            return await _follow(client, args.job_id)
+        text = await client.request("GET", f"/api/v1/jobs/{args.job_id}/logs")
+        sys.stdout.write(text)
+    return 0
+
+
+async def cmd_cancel(args: argparse.Namespace) -> int:
+    """Ask the gateway to cancel a job's current run."""
+    async with GatewayClient(args.url, args.api_key) as client:
+        result = await client.request("DELETE", f"/api/v1/jobs/{args.job_id}")
+    print(f"cancel requested for run {result['run_id']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

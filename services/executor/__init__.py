@@ -1,0 +1,1 @@
+"""The executor: pulls dispatch orders and runs their pipelines in Docker."""

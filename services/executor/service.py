@@ -1,0 +1,265 @@
+"""The executor service: pulls dispatch orders while it has a free slot.
+
+Each free slot asks the pool's shared pull consumer for one order, so the
+number of running jobs never exceeds `executor.max_concurrent_jobs` and a busy
+executor leaves orders to others. While a run goes on, its order is kept with
+progress acks; it is acked only when the run has a recorded outcome, so an
+executor that dies mid-run gives its order back after the ack wait.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import aiodocker
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+
+from libs.config import Config
+from libs.events import (
+    AnyEvent,
+    CancelRequested,
+    JobState,
+    RunFinished,
+    RunStarted,
+    StreamConflict,
+    decode_dispatch,
+    decode_event,
+    fold,
+    subjects,
+)
+from libs.events.journal import append, read_job
+from libs.events.streams import dispatch_consumer_config, ensure_consumer
+from services.runtime import ServiceState, connect_jetstream
+
+from .docker_runner import DockerRunner, StopRequest
+from .job_runner import JobRunner
+
+log = logging.getLogger(__name__)
+
+
+class Executor:
+    """Runs dispatched runs in Docker; see the module docstring."""
+
+    def __init__(self, config: Config, nats_url: str | None = None) -> None:
+        self.config = config
+        self.state = ServiceState.CREATED
+        self._nats_url = nats_url
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._docker: aiodocker.Docker | None = None
+        self._slots = asyncio.Semaphore(config.executor.max_concurrent_jobs)
+        self._puller: asyncio.Task[None] | None = None
+        self._runs: dict[str, asyncio.Task[None]] = {}
+        self._stops: dict[str, StopRequest] = {}
+
+    @property
+    def busy_slots(self) -> int:
+        """How many runs this executor is running now."""
+        return len(self._runs)
+
+    async def start(self) -> None:
+        """Connect to NATS and Docker, then start pulling orders."""
+        self.state = ServiceState.STARTING
+        cfg = self.config.executor
+        self._docker = aiodocker.Docker(url=cfg.docker_url)
+        try:
+            await self._docker.version()
+        except (aiodocker.DockerError, OSError) as exc:
+            await self._docker.close()
+            raise RuntimeError(
+                f"executor {cfg.id} cannot reach the Docker daemon "
+                f"({cfg.docker_url or 'DOCKER_HOST or /var/run/docker.sock'}): {exc}; "
+                "start dockerd or set executor.docker_url"
+            ) from exc
+        self._nc, self._js = await connect_jetstream(
+            self.config, f"stasis-executor-{cfg.id}", self._nats_url
+        )
+        await ensure_consumer(
+            self._js,
+            subjects.DISPATCH_STREAM,
+            dispatch_consumer_config(cfg.pool, float(self.config.nats.ack_wait)),
+        )
+        self._cancel_sub = await self._nc.subscribe(
+            f"{subjects.JOBS_PREFIX}.*", cb=self._on_job_event
+        )
+        self._puller = asyncio.create_task(self._pull_loop(), name="executor-pull")
+        self.state = ServiceState.RUNNING
+        log.info(
+            "executor %s started: pool %s, %d slots",
+            cfg.id,
+            cfg.pool,
+            cfg.max_concurrent_jobs,
+        )
+
+    async def stop(self) -> None:
+        """Stop pulling, cancel running runs (recording them), and disconnect."""
+        self.state = ServiceState.STOPPING
+        if self._puller is not None:
+            self._puller.cancel()
+            await asyncio.gather(self._puller, return_exceptions=True)
+        for stop in self._stops.values():
+            stop.requested.set()
+        if self._runs:
+            await asyncio.gather(*self._runs.values(), return_exceptions=True)
+        if self._nc is not None:
+            await self._nc.close()
+        if self._docker is not None:
+            await self._docker.close()
+        self.state = ServiceState.STOPPED
+        log.info("executor %s stopped", self.config.executor.id)
+
+    async def _pull_loop(self) -> None:
+        assert self._js is not None
+        pool = self.config.executor.pool
+        sub = await self._js.pull_subscribe_bind(
+            durable=dispatch_consumer_config(pool, 0).durable_name,
+            stream=subjects.DISPATCH_STREAM,
+        )
+        while True:
+            await self._slots.acquire()
+            try:
+                messages = await sub.fetch(1, timeout=5.0)
+            except NatsTimeoutError:
+                self._slots.release()
+                continue
+            except Exception:
+                self._slots.release()
+                log.exception("fetching dispatch orders failed; retrying in 1s")
+                await asyncio.sleep(1.0)
+                continue
+            for msg in messages:
+                self._start_run(msg)
+
+    def _start_run(self, msg: Msg) -> None:
+        order = decode_dispatch(msg.data)
+        task = asyncio.create_task(self._handle(msg, order.job_id, order.run_id))
+        self._runs[order.run_id] = task
+
+        def finished(_: asyncio.Task[None]) -> None:
+            self._runs.pop(order.run_id, None)
+            self._stops.pop(order.run_id, None)
+            self._slots.release()
+
+        task.add_done_callback(finished)
+
+    async def _handle(self, msg: Msg, job_id: str, run_id: str) -> None:
+        keeper = asyncio.create_task(self._keep_alive(msg))
+        try:
+            await self._claim_and_run(msg, job_id, run_id)
+            await msg.ack()
+        except Exception:
+            # The order is not acked: it comes back after the ack wait.
+            log.exception("handling run %s of job %s failed", run_id, job_id)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        interval = max(0.5, float(self.config.nats.ack_wait) / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await msg.in_progress()
+            except Exception as exc:  # the next interval tries again
+                log.warning("progress ack failed: %s", exc)
+
+    async def _claim_and_run(self, msg: Msg, job_id: str, run_id: str) -> None:
+        assert self._js is not None
+        for _ in range(5):
+            stored = await read_job(self._js, job_id)
+            job = fold(s.event for s in stored)
+            last = stored[-1].seq if stored else 0
+            run = job.run(run_id) if job else None
+            if job is None or run is None or run.finished:
+                log.info(
+                    "order for run %s needs no action (%s)",
+                    run_id,
+                    "finished" if run else "unknown run",
+                )
+                return
+            if run.status == "running" and msg.metadata.num_delivered <= 1:
+                log.info("duplicate order for running run %s ignored", run_id)
+                return
+            attempt = run.attempt + 1
+            started = RunStarted(
+                job_id=job_id,
+                run_id=run_id,
+                executor_id=self.config.executor.id,
+                attempt=attempt,
+            )
+            try:
+                await append(self._js, started, expected_last_seq=last)
+            except StreamConflict:
+                continue
+            await self._execute(job, run_id, attempt, run.cancel_requested)
+            return
+        log.warning(
+            "run %s kept changing while claiming it; order left for later", run_id
+        )
+        raise StreamConflict(f"could not claim run {run_id}")
+
+    async def _execute(
+        self, job: JobState, run_id: str, attempt: int, cancel_requested: bool
+    ) -> None:
+        assert self._js is not None and self._docker is not None
+        stop = StopRequest()
+        if cancel_requested:
+            stop.requested.set()
+        self._stops[run_id] = stop
+        started = time.monotonic()
+        log.info("run %s of job %s started (attempt %d)", run_id, job.job_id, attempt)
+
+        async def emit(event: AnyEvent, key: str) -> None:
+            assert self._js is not None
+            await append(self._js, event, msg_id=f"{run_id}:{attempt}:{key}")
+
+        runner = JobRunner(
+            self.config,
+            DockerRunner(self._docker, self.config.executor),
+            self._js,
+            job,
+            run_id,
+            attempt,
+            emit,
+            stop,
+        )
+        result = await runner.run()
+        duration = time.monotonic() - started
+        await append(
+            self._js,
+            RunFinished(
+                job_id=job.job_id,
+                run_id=run_id,
+                outcome=result.outcome,  # type: ignore[arg-type]
+                reason=result.reason,
+                duration_s=round(duration, 3),
+                last_log_seq=result.last_log_seq,
+            ),
+            msg_id=f"{run_id}:finished",
+        )
+        log.info(
+            "run %s of job %s finished: %s in %.2fs %s",
+            run_id,
+            job.job_id,
+            result.outcome,
+            duration,
+            result.reason,
+        )
+
+    async def _on_job_event(self, msg: Msg) -> None:
+        # Core NATS sees every append to a job subject; only cancels matter here.
+        if b'"run.cancel_requested"' not in msg.data:
+            return
+        event = decode_event(msg.data)
+        if isinstance(event, CancelRequested):
+            stop = self._stops.get(event.run_id)
+            if stop is not None:
+                if stop.requested.is_set():
+                    stop.hurry.set()
+                stop.requested.set()
+                log.info("cancel requested for run %s", event.run_id)

@@ -1,0 +1,5 @@
+"""The gateway: HTTP API, projection of job state, and SSE streams."""
+
+from .service import Gateway
+
+__all__ = ["Gateway"]

@@ -1,0 +1,253 @@
+"""HTTP handlers of the gateway's `/api/v1` routes and `/health`."""
+
+import logging
+
+import msgspec
+from aiohttp import web
+from nats.js import JetStreamContext
+
+from libs.config import Config
+from libs.events import (
+    CancelRequested,
+    JobSubmitted,
+    Repository,
+    decode_chunk,
+    decode_event,
+    new_id,
+    subjects,
+)
+from libs.events.ids import is_valid_id
+from libs.events.journal import append, read_job, read_subject
+
+from .models import (
+    JobAccepted,
+    JobRequest,
+    job_links,
+    job_view,
+    validate_request,
+)
+from .problems import ProblemError
+from .projection import Projection
+from .sse import JobStream, parse_last_event_id
+
+log = logging.getLogger(__name__)
+
+JS_KEY = web.AppKey("js", JetStreamContext)
+PROJECTION_KEY = web.AppKey("projection", Projection)
+CONFIG_KEY = web.AppKey("config", Config)
+
+_request_decoder = msgspec.json.Decoder(JobRequest)
+_encoder = msgspec.json.Encoder()
+MAX_PAGE = 200
+
+
+def json_response(value: object, status: int = 200, **headers: str) -> web.Response:
+    """Encode `value` with msgspec and answer with it."""
+    return web.Response(
+        status=status,
+        body=_encoder.encode(value),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def base_url(request: web.Request) -> str:
+    """Return the public base URL for links in responses."""
+    configured = request.app[CONFIG_KEY].server.public_url
+    return (
+        configured.rstrip("/") if configured else f"{request.scheme}://{request.host}"
+    )
+
+
+async def submit_job(request: web.Request) -> web.Response:
+    """Accept a job, append `job.submitted` and answer 202 with its ids."""
+    body = await request.read()
+    try:
+        job_request = _request_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise ProblemError(422, "Invalid job request", f"{exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise ProblemError(
+            400, "Malformed JSON", f"the request body is not valid JSON: {exc}"
+        ) from exc
+    problems = validate_request(job_request)
+    if problems:
+        raise ProblemError(422, "Invalid job request", "; ".join(problems))
+
+    repo = job_request.repository
+    event = JobSubmitted(
+        job_id=new_id(),
+        run_id=new_id(),
+        repository=Repository(url=repo.url, branch=repo.branch, commit=repo.commit),
+        env=job_request.env,
+        trigger=job_request.trigger,
+        pool=job_request.pool,
+    )
+    key = request.headers.get("Idempotency-Key")
+    js = request.app[JS_KEY]
+    seq = await append(js, event, msg_id=f"submit:{key}" if key else None)
+    if key:
+        event = await _original_submission(js, seq, event)
+
+    base = base_url(request)
+    accepted = JobAccepted(
+        job_id=event.job_id,
+        run_id=event.run_id,
+        status="submitted",
+        seq=seq,
+        links=job_links(base, event.job_id),
+    )
+    log.info("job %s submitted for %s", event.job_id, repo.url)
+    return json_response(
+        accepted, status=202, Location=accepted.links.self, **{"Stasis-Seq": str(seq)}
+    )
+
+
+async def _original_submission(
+    js: JetStreamContext, seq: int, event: JobSubmitted
+) -> JobSubmitted:
+    # A repeated Idempotency-Key returns the first append's sequence: answer
+    # with the ids stored there, not the ones just made up.
+    stored = await js.get_msg(subjects.JOBS_STREAM, seq)
+    original = decode_event(stored.data or b"")
+    return original if isinstance(original, JobSubmitted) else event
+
+
+async def _job_or_404(request: web.Request) -> str:
+    job_id = request.match_info["job_id"]
+    projection = request.app[PROJECTION_KEY]
+    min_seq = request.query.get("min_seq") or request.headers.get("Stasis-Min-Seq")
+    if min_seq and min_seq.isdigit():
+        await projection.wait_for(int(min_seq))
+    if projection.get(job_id) is None:
+        hint = "" if is_valid_id(job_id) else " (job ids are 26 letters and digits)"
+        raise ProblemError(404, "Job not found", f"no job {job_id!r}{hint}")
+    return job_id
+
+
+async def get_job(request: web.Request) -> web.Response:
+    """Return one job from the projection."""
+    job_id = await _job_or_404(request)
+    job = request.app[PROJECTION_KEY].get(job_id)
+    assert job is not None
+    return json_response(job_view(job, base_url(request)))
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """Return recent jobs, newest first; `before` pages on with the last job id."""
+    limit_text = request.query.get("limit", "50")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE:
+        raise ProblemError(
+            400,
+            "Invalid limit",
+            f"limit {limit_text!r} must be a whole number from 1 to {MAX_PAGE}",
+        )
+    limit = int(limit_text)
+    before = request.query.get("before")
+    jobs = request.app[PROJECTION_KEY].recent(limit, before)
+    base = base_url(request)
+    body: dict[str, object] = {"jobs": [job_view(job, base) for job in jobs]}
+    if len(jobs) == limit:
+        body["next"] = f"{base}/api/v1/jobs?limit={limit}&before={jobs[-1].job_id}"
+    return json_response(body)
+
+
+async def list_events(request: web.Request) -> web.Response:
+    """Return the job's raw events from the stream, with sequence and time."""
+    job_id = await _job_or_404(request)
+    stored = await read_job(request.app[JS_KEY], job_id)
+    return json_response(
+        {
+            "job_id": job_id,
+            "events": [
+                {"seq": s.seq, "stored_at": s.stored_at, "event": s.event}
+                for s in stored
+            ],
+        }
+    )
+
+
+async def get_logs(request: web.Request) -> web.Response:
+    """Return a run's log as text (default) or as JSON chunks (`format=json`)."""
+    job_id = await _job_or_404(request)
+    job = request.app[PROJECTION_KEY].get(job_id)
+    assert job is not None
+    run_id = request.query.get("run", job.last_run.run_id)
+    if job.run(run_id) is None:
+        raise ProblemError(404, "Run not found", f"job {job_id} has no run {run_id!r}")
+    step = request.query.get("step", "*")
+    subject = f"{subjects.LOGS_PREFIX}.{job_id}.{run_id}.{step}"
+    messages = await read_subject(request.app[JS_KEY], subjects.LOGS_STREAM, subject)
+    chunks = [decode_chunk(m.data) for m in messages]
+    if request.query.get("format") == "json":
+        return json_response({"job_id": job_id, "run_id": run_id, "chunks": chunks})
+    text = "".join(chunk.data for chunk in chunks)
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+async def stream_job(request: web.Request) -> web.StreamResponse:
+    """Stream the job's events and log chunks as Server-Sent Events."""
+    job_id = await _job_or_404(request)
+    last_id = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    stream = JobStream(
+        request.app[JS_KEY],
+        request.app[PROJECTION_KEY],
+        job_id,
+        parse_last_event_id(last_id),
+    )
+    heartbeat = float(request.app[CONFIG_KEY].server.sse_heartbeat)
+    return await stream.serve(request, heartbeat)
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    """Append `run.cancel_requested` for the job's last run."""
+    job_id = await _job_or_404(request)
+    job = request.app[PROJECTION_KEY].get(job_id)
+    assert job is not None
+    run = job.last_run
+    if run.finished:
+        raise ProblemError(
+            409,
+            "Run already finished",
+            f"run {run.run_id} of job {job_id} already ended {run.status}; "
+            "nothing to cancel",
+        )
+    seq = await append(
+        request.app[JS_KEY], CancelRequested(job_id=job_id, run_id=run.run_id)
+    )
+    log.info("cancel requested for run %s of job %s", run.run_id, job_id)
+    return json_response(
+        {
+            "job_id": job_id,
+            "run_id": run.run_id,
+            "status": "cancel_requested",
+            "seq": seq,
+        },
+        status=202,
+    )
+
+
+async def health(request: web.Request) -> web.Response:
+    """Report whether the gateway is connected and its projection is current."""
+    projection = request.app[PROJECTION_KEY]
+    nc = request.app[JS_KEY]._nc
+    healthy = projection.ready.is_set() and nc.is_connected
+    body = {
+        "status": "ok" if healthy else "degraded",
+        "nats_connected": nc.is_connected,
+        "projection_seq": projection.seq,
+        "jobs": len(projection.jobs),
+    }
+    return json_response(body, status=200 if healthy else 503)
+
+
+def add_routes(app: web.Application) -> None:
+    """Register every route of the API on `app`."""
+    app.router.add_post("/api/v1/jobs", submit_job)
+    app.router.add_get("/api/v1/jobs", list_jobs)
+    app.router.add_get("/api/v1/jobs/{job_id}", get_job)
+    app.router.add_delete("/api/v1/jobs/{job_id}", cancel_job)
+    app.router.add_get("/api/v1/jobs/{job_id}/events", list_events)
+    app.router.add_get("/api/v1/jobs/{job_id}/logs", get_logs)
+    app.router.add_get("/api/v1/jobs/{job_id}/stream", stream_job)
+    app.router.add_get("/health", health)

@@ -1,0 +1,116 @@
+"""Request and response bodies of the HTTP API, as msgspec types."""
+
+import re
+from typing import Literal
+
+import msgspec
+
+from libs.events import JobState
+from libs.events.fold import RunState
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_REF = re.compile(r"^[A-Za-z0-9._/@+-]{1,255}$")
+_URL = re.compile(r"^(https?|file|ssh|git)://\S+$|^/\S*$|^[\w.-]+@[\w.-]+:\S+$")
+
+
+class RepositoryRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Which repository to build, and at which branch or commit."""
+
+    url: str
+    branch: str | None = None
+    commit: str | None = None
+
+
+class JobRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of `POST /api/v1/jobs`."""
+
+    repository: RepositoryRequest
+    env: dict[str, str] = {}
+    trigger: Literal["manual", "push", "tag", "api"] = "manual"
+    pool: str = "default"
+
+
+class JobLinks(msgspec.Struct, kw_only=True):
+    """URLs of a job's resources."""
+
+    self: str
+    events: str
+    logs: str
+    stream: str
+
+
+class JobAccepted(msgspec.Struct, kw_only=True):
+    """The body of a 202 answer to a submission."""
+
+    job_id: str
+    run_id: str
+    status: str
+    seq: int
+    links: JobLinks
+
+
+class JobView(msgspec.Struct, kw_only=True):
+    """A job as the API shows it: its submission, status and runs."""
+
+    job_id: str
+    status: str
+    repository: dict[str, str | None]
+    env: dict[str, str]
+    trigger: str
+    pool: str
+    submitted_at: str
+    runs: list[RunState]
+    links: JobLinks
+
+
+def validate_request(request: JobRequest) -> list[str]:
+    """Return what is wrong with a submission, one sentence per problem."""
+    problems = []
+    repo = request.repository
+    if not _URL.match(repo.url):
+        problems.append(
+            f"repository.url {repo.url!r} is not a git URL or absolute path; use "
+            "https://host/repo.git, ssh://host/repo.git, git@host:repo.git, "
+            "file:///path or /path"
+        )
+    for name, value in (("branch", repo.branch), ("commit", repo.commit)):
+        if value is not None and (not _REF.match(value) or ".." in value):
+            problems.append(
+                f"repository.{name} {value!r} is not a valid git ref; use letters, "
+                "digits and ._/@+- without '..'"
+            )
+    for name in request.env:
+        if not _ENV_NAME.match(name):
+            problems.append(
+                f"env name {name!r} is invalid; use letters, digits and '_', "
+                "not starting with a digit"
+            )
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", request.pool):
+        problems.append(
+            f"pool {request.pool!r} is invalid; use 1 to 64 letters, digits, '_' or '-'"
+        )
+    return problems
+
+
+def job_links(base: str, job_id: str) -> JobLinks:
+    """Return the links of one job under the API base URL."""
+    root = f"{base}/api/v1/jobs/{job_id}"
+    return JobLinks(
+        self=root, events=f"{root}/events", logs=f"{root}/logs", stream=f"{root}/stream"
+    )
+
+
+def job_view(job: JobState, base: str) -> JobView:
+    """Return the API view of a job's folded state."""
+    repo = job.repository
+    return JobView(
+        job_id=job.job_id,
+        status=job.status,
+        repository={"url": repo.url, "branch": repo.branch, "commit": repo.commit},
+        env=job.env,
+        trigger=job.trigger,
+        pool=job.pool,
+        submitted_at=job.submitted_at.isoformat(),
+        runs=list(job.runs),
+        links=job_links(base, job.job_id),
+    )

@@ -1,0 +1,97 @@
+"""The gateway service: the aiohttp application and its lifecycle."""
+
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from nats.aio.client import Client
+
+from libs.config import Config
+from services.runtime import ServiceState, connect_jetstream
+
+from .api import CONFIG_KEY, JS_KEY, PROJECTION_KEY, add_routes
+from .problems import ProblemError, problem
+from .projection import Projection
+
+log = logging.getLogger(__name__)
+
+
+@web.middleware
+async def problem_middleware(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """Turn ProblemError and unexpected errors into problem-details responses."""
+    try:
+        return await handler(request)
+    except ProblemError as exc:
+        return exc.response(instance=request.path)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem(
+            exc.status, exc.reason, f"{exc.reason}: {request.path}", request.path
+        )
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return problem(
+            500,
+            "Internal server error",
+            "the gateway failed to handle this request; see its log",
+            request.path,
+        )
+
+
+class Gateway:
+    """The HTTP API in front of the event streams."""
+
+    def __init__(self, config: Config, nats_url: str | None = None) -> None:
+        self.config = config
+        self.state = ServiceState.CREATED
+        self._nats_url = nats_url
+        self._nc: Client | None = None
+        self.projection = Projection()
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    def make_app(self) -> web.Application:
+        """Build the aiohttp application (connected state is added in start)."""
+        app = web.Application(middlewares=[problem_middleware])
+        add_routes(app)
+        return app
+
+    async def start(self) -> None:
+        """Connect, replay the projection, then listen for HTTP."""
+        self.state = ServiceState.STARTING
+        self._nc, js = await connect_jetstream(
+            self.config, "stasis-gateway", self._nats_url
+        )
+        await self.projection.start(js)
+        app = self.make_app()
+        app[JS_KEY] = js
+        app[PROJECTION_KEY] = self.projection
+        app[CONFIG_KEY] = self.config
+        self._runner = web.AppRunner(app, shutdown_timeout=2.0)
+        await self._runner.setup()
+        server = self.config.server
+        site = web.TCPSite(self._runner, server.host, server.port)
+        await site.start()
+        addresses = self._runner.addresses
+        self.port = addresses[0][1] if addresses else server.port
+        self.state = ServiceState.RUNNING
+        log.info("gateway listening on http://%s:%s", server.host, self.port)
+
+    @property
+    def url(self) -> str:
+        """The base URL the gateway listens on."""
+        return f"http://{self.config.server.host}:{self.port}"
+
+    async def stop(self) -> None:
+        """Stop serving, stop the projection and close NATS, in that order."""
+        self.state = ServiceState.STOPPING
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.projection.stop()
+        if self._nc is not None:
+            await self._nc.close()
+        self.state = ServiceState.STOPPED
+        log.info("gateway stopped")
