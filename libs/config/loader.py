@@ -25,7 +25,13 @@ _DURATIONS = (
     "executor.timeouts.clone",
     "executor.timeouts.kill_grace",
 )
-_SIZES = ("nats.logs_max_bytes", "executor.resources.memory")
+_SIZES = (
+    "nats.logs_max_bytes",
+    "executor.resources.memory",
+    "artifacts.max_bytes_per_job",
+    "artifacts.multipart_threshold",
+    "artifacts.part_size",
+)
 
 
 class ConfigError(Exception):

@@ -83,8 +83,23 @@ class ArtifactsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Where artifacts are stored."""
 
     storage_type: str = "local"
+    """"local" (files under `path`) or "s3"."""
     path: str | None = None
     """Root of the local store; defaults to <data_dir>/artifacts."""
+    format: str = "tar.gz"
+    """Archive format of collected artifacts: "tar.gz" or "zip"."""
+    max_bytes_per_job: int | str = "1g"
+    """Largest total size of the files one step may collect."""
+    bucket: str | None = None
+    prefix: str = ""
+    region: str | None = None
+    endpoint_url: str | None = None
+    """S3-compatible endpoint; unset uses AWS."""
+    access_key_id: str | None = None
+    """Unset uses the standard AWS environment and credential chain."""
+    secret_access_key: str | None = None
+    multipart_threshold: int | str = "8m"
+    part_size: int | str = "8m"
 
 
 class AuthConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -111,6 +126,11 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def workspace_root(self) -> str:
         """The executor's clone directory, resolved against the data directory."""
         return self.executor.workspace_root or os.path.join(self.data_dir, "workspaces")
+
+    @property
+    def artifacts_dir(self) -> str:
+        """Root of the local artifact store."""
+        return self.artifacts.path or os.path.join(self.data_dir, "artifacts")
 
     @property
     def logs_dir(self) -> str:

@@ -6,6 +6,8 @@ from .fold import TERMINAL, JobState, RunState, StepState, apply, fold
 from .ids import new_id
 from .types import (
     AnyEvent,
+    ArtifactStored,
+    ArtifactWarning,
     CancelRequested,
     DispatchOrder,
     Event,
@@ -30,6 +32,8 @@ from .types import (
 __all__ = [
     "TERMINAL",
     "AnyEvent",
+    "ArtifactStored",
+    "ArtifactWarning",
     "CancelRequested",
     "DispatchOrder",
     "Event",

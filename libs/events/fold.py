@@ -15,6 +15,8 @@ import msgspec
 from .errors import InvalidTransition
 from .types import (
     AnyEvent,
+    ArtifactStored,
+    ArtifactWarning,
     CancelRequested,
     JobQueued,
     JobSubmitted,
@@ -62,6 +64,20 @@ class StepState(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
 
 
+class ArtifactRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored artifact of a run, as the API lists it."""
+
+    step: str
+    name: str
+    key: str
+    size: int
+    sha256: str
+    format: str
+    storage_url: str
+    content_type: str
+    stored_at: datetime
+
+
 class RunState(msgspec.Struct, frozen=True, kw_only=True):
     """What is known of one run of a job."""
 
@@ -77,6 +93,8 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     commit: str | None = None
     image: str | None = None
     steps: tuple[StepState, ...] = ()
+    artifacts: tuple[ArtifactRecord, ...] = ()
+    warnings: tuple[str, ...] = ()
     cancel_requested: bool = False
     reason: str = ""
     duration_s: float = 0.0
@@ -197,6 +215,22 @@ def _apply_to_run(run: RunState, event: AnyEvent) -> RunState:
         case StepStarted() | StepFinished():
             _require_status(run, event, {"running"})
             return replace(run, steps=_apply_to_steps(run, event))
+        case ArtifactStored():
+            # Allowed after the run too: users may upload artifacts to any run.
+            record = ArtifactRecord(
+                step=event.step,
+                name=event.name,
+                key=event.key,
+                size=event.size,
+                sha256=event.sha256,
+                format=event.format,
+                storage_url=event.storage_url,
+                content_type=event.content_type,
+                stored_at=event.at,
+            )
+            return replace(run, artifacts=(*run.artifacts, record))
+        case ArtifactWarning():
+            return replace(run, warnings=(*run.warnings, event.message))
         case RunFinished():
             if run.finished:
                 raise InvalidTransition(

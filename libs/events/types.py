@@ -106,6 +106,26 @@ class StepFinished(Event, frozen=True, kw_only=True, tag="step.finished"):
     show the whole log before the outcome."""
 
 
+class ArtifactStored(Event, frozen=True, kw_only=True, tag="artifact.stored"):
+    """An archive of files a step produced was stored."""
+
+    step: str
+    name: str
+    key: str
+    size: int
+    sha256: str
+    format: str
+    storage_url: str
+    content_type: str
+
+
+class ArtifactWarning(Event, frozen=True, kw_only=True, tag="artifact.warning"):
+    """Something in a step's artifact collection was skipped or matched nothing."""
+
+    step: str
+    message: str
+
+
 class CancelRequested(Event, frozen=True, kw_only=True, tag="run.cancel_requested"):
     """A user asked to cancel the run."""
 
@@ -131,6 +151,8 @@ AnyEvent = (
     | PipelineLoaded
     | StepStarted
     | StepFinished
+    | ArtifactStored
+    | ArtifactWarning
     | CancelRequested
     | RunFinished
 )
@@ -143,6 +165,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     PipelineLoaded,
     StepStarted,
     StepFinished,
+    ArtifactStored,
+    ArtifactWarning,
     CancelRequested,
     RunFinished,
 )

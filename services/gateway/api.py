@@ -113,7 +113,7 @@ async def _original_submission(
     return original if isinstance(original, JobSubmitted) else event
 
 
-async def _job_or_404(request: web.Request) -> str:
+async def job_or_404(request: web.Request) -> str:
     job_id = request.match_info["job_id"]
     projection = request.app[PROJECTION_KEY]
     min_seq = request.query.get("min_seq") or request.headers.get("Stasis-Min-Seq")
@@ -127,7 +127,7 @@ async def _job_or_404(request: web.Request) -> str:
 
 async def get_job(request: web.Request) -> web.Response:
     """Return one job from the projection."""
-    job_id = await _job_or_404(request)
+    job_id = await job_or_404(request)
     job = request.app[PROJECTION_KEY].get(job_id)
     assert job is not None
     return json_response(job_view(job, base_url(request)))
@@ -154,7 +154,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 async def list_events(request: web.Request) -> web.Response:
     """Return the job's raw events from the stream, with sequence and time."""
-    job_id = await _job_or_404(request)
+    job_id = await job_or_404(request)
     stored = await read_job(request.app[JS_KEY], job_id)
     return json_response(
         {
@@ -169,7 +169,7 @@ async def list_events(request: web.Request) -> web.Response:
 
 async def get_logs(request: web.Request) -> web.Response:
     """Return a run's log as text (default) or as JSON chunks (`format=json`)."""
-    job_id = await _job_or_404(request)
+    job_id = await job_or_404(request)
     job = request.app[PROJECTION_KEY].get(job_id)
     assert job is not None
     run_id = request.query.get("run", job.last_run.run_id)
@@ -187,7 +187,7 @@ async def get_logs(request: web.Request) -> web.Response:
 
 async def stream_job(request: web.Request) -> web.StreamResponse:
     """Stream the job's events and log chunks as Server-Sent Events."""
-    job_id = await _job_or_404(request)
+    job_id = await job_or_404(request)
     last_id = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     stream = JobStream(
         request.app[JS_KEY],
@@ -201,7 +201,7 @@ async def stream_job(request: web.Request) -> web.StreamResponse:
 
 async def cancel_job(request: web.Request) -> web.Response:
     """Append `run.cancel_requested` for the job's last run."""
-    job_id = await _job_or_404(request)
+    job_id = await job_or_404(request)
     job = request.app[PROJECTION_KEY].get(job_id)
     assert job is not None
     run = job.last_run

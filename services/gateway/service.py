@@ -6,10 +6,13 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from nats.aio.client import Client
 
+from libs.artifacts import ArtifactStore
+from libs.artifacts.from_config import store_from_config
 from libs.config import Config
 from services.runtime import ServiceState, connect_jetstream
 
 from .api import CONFIG_KEY, JS_KEY, PROJECTION_KEY, add_routes
+from .artifacts import STORE_KEY, add_artifact_routes
 from .problems import ProblemError, problem
 from .projection import Projection
 
@@ -52,11 +55,13 @@ class Gateway:
         self.projection = Projection()
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self._store: ArtifactStore | None = None
 
     def make_app(self) -> web.Application:
         """Build the aiohttp application (connected state is added in start)."""
         app = web.Application(middlewares=[problem_middleware])
         add_routes(app)
+        add_artifact_routes(app)
         return app
 
     async def start(self) -> None:
@@ -70,6 +75,8 @@ class Gateway:
         app[JS_KEY] = js
         app[PROJECTION_KEY] = self.projection
         app[CONFIG_KEY] = self.config
+        self._store = store_from_config(self.config)
+        app[STORE_KEY] = self._store
         self._runner = web.AppRunner(app, shutdown_timeout=2.0)
         await self._runner.setup()
         server = self.config.server
@@ -91,6 +98,8 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.projection.stop()
+        if self._store is not None:
+            await self._store.close()
         if self._nc is not None:
             await self._nc.close()
         self.state = ServiceState.STOPPED

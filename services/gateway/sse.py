@@ -182,4 +182,6 @@ class JobStream:
             job = self.projection.get(self.job_id)
             status = job.status if job else "unknown"
         body = msgspec.json.encode({"job_id": self.job_id, "status": status})
-        await resp.send(body.decode(), id=self.id, event="end")
+        # No id: `end` moves no position, so a client resuming from here gets
+        # `end` again and nothing else.
+        await resp.send(body.decode(), event="end")
