@@ -7,7 +7,8 @@ host's daemon (`scripts/setup.sh` starts it). Nothing here mocks either.
 import asyncio
 import os
 import subprocess
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from libs.events import connect
 from libs.events.embedded import EmbeddedNats
 from libs.events.streams import ensure_streams
 from services.cli.stack import Stack
+from tests.s3server import MotoS3Server, fake_aws_environment
 
 TEST_IMAGE = os.environ.get("STASIS_TEST_IMAGE", "stasis-test/busybox:latest")
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,3 +144,18 @@ async def wait_until(
             if value:
                 return value
             await asyncio.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoS3Server]:
+    """A moto S3 server on a loopback port, with fake AWS credentials set."""
+    with fake_aws_environment(), MotoS3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server: MotoS3Server) -> str:
+    """A new, empty bucket on `s3_server`."""
+    name = f"artifacts-{uuid.uuid4().hex[:12]}"
+    s3_server.create_bucket(name)
+    return name

@@ -1,25 +1,11 @@
-"""Fixtures for the artifact tests: a moto S3 server and one store per backend."""
+"""Fixtures for the artifact tests: one store per backend."""
 
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
 from libs.artifacts import ArtifactStore, LocalArtifactStore, S3ArtifactStore
-from tests.s3server import MotoS3Server, fake_aws_environment
-
-
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[MotoS3Server]:
-    with fake_aws_environment(), MotoS3Server() as server:
-        yield server
-
-
-@pytest.fixture
-def s3_bucket(s3_server: MotoS3Server) -> str:
-    name = f"artifacts-{uuid.uuid4().hex[:12]}"
-    s3_server.create_bucket(name)
-    return name
+from tests.s3server import MotoS3Server
 
 
 @pytest.fixture(params=["local", "s3"])
