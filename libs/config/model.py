@@ -102,6 +102,31 @@ class ArtifactsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     part_size: int | str = "8m"
 
 
+class ForwardEndpoint(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An external HTTP endpoint that receives every log chunk in batches."""
+
+    url: str
+    headers: dict[str, str] = {}
+    """Extra request headers, e.g. an Authorization header for the endpoint."""
+    batch_max_chunks: int = 500
+    batch_max_bytes: int = 256 * 1024
+    flush_interval: float = 1.0
+    """Seconds a partial batch waits before it is sent."""
+    rate_limit_per_second: float = 10.0
+    """Most requests per second to this endpoint."""
+    max_attempts: int = 8
+    """Tries per batch before it goes to the dead-letter file."""
+    retry_base: float = 0.5
+    retry_max: float = 30.0
+    timeout: float = 10.0
+
+
+class LogsinkConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where the logsink sends log chunks besides its own files."""
+
+    forward: list[ForwardEndpoint] = []
+
+
 class AuthConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """API keys and rate limits of the gateway."""
 
@@ -120,6 +145,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     executor: ExecutorConfig = msgspec.field(default_factory=ExecutorConfig)
     artifacts: ArtifactsConfig = msgspec.field(default_factory=ArtifactsConfig)
+    logsink: LogsinkConfig = msgspec.field(default_factory=LogsinkConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
 
     @property
