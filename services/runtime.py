@@ -32,6 +32,9 @@ def setup_logging(level: str = "INFO") -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # One line per HTTP request drowns the lifecycle lines; DEBUG brings it back.
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 async def connect_jetstream(

@@ -34,6 +34,10 @@ _SIZES = (
 )
 
 
+# Lists of mappings have no sensible one-line form; they are set in the file.
+_FILE_ONLY = frozenset({"logsink.forward"})
+
+
 class ConfigError(Exception):
     """Raised for a configuration that cannot be read or is invalid."""
 
@@ -72,7 +76,9 @@ def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, Any]]:
     list values such as `auth.api_keys` are comma-separated.
     """
     known = {
-        ENV_PREFIX + key.replace(".", "_").upper(): key for key in _leaf_keys(Config)
+        ENV_PREFIX + key.replace(".", "_").upper(): key
+        for key in _leaf_keys(Config)
+        if key not in _FILE_ONLY
     }
     found: list[tuple[str, Any]] = []
     for name, value in environ.items():

@@ -128,7 +128,11 @@ class LogsinkConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class AuthConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """API keys and rate limits of the gateway."""
+    """API keys and rate limits of the gateway.
+
+    TODO: the gateway does not check keys or rate limits yet; these settings
+    are read and validated only, so do not expose the gateway beyond loopback.
+    """
 
     enabled: bool = False
     api_keys: list[str] = []
