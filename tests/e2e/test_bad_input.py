@@ -9,6 +9,9 @@ from services.cli.stack import Stack
 from tests.conftest import TEST_IMAGE, make_repo
 
 
+MISSING_IMAGE = 'image: nope/missing:1\nsteps:\n  a: {scripts: ["true"]}\n'
+
+
 async def _run(stack: Stack, repository: str) -> dict:
     assert stack.gateway is not None
     async with GatewayClient(stack.gateway.url) as client:
@@ -28,9 +31,7 @@ async def _run(stack: Stack, repository: str) -> dict:
             ["invalid pipeline", ".stasis-ci.yaml:"],
         ),
         (
-            {
-                ".stasis-ci.yaml": 'image: nope/missing:1\nsteps:\n  a: {scripts: ["true"]}\n'
-            },
+            {".stasis-ci.yaml": MISSING_IMAGE},
             ["'nope/missing:1'"],
         ),
     ],
