@@ -8,7 +8,6 @@ from services.cli.client import GatewayClient
 from services.cli.stack import Stack
 from tests.conftest import TEST_IMAGE, make_repo
 
-
 MISSING_IMAGE = 'image: nope/missing:1\nsteps:\n  a: {scripts: ["true"]}\n'
 
 
