@@ -1,0 +1,1 @@
+"""Benchmarks of Stasis CI against floors measured in the same run."""
