@@ -46,9 +46,9 @@ async def time_job(client: GatewayClient, repo: Path) -> tuple[float, float]:
     accepted = await client.submit({"repository": {"url": str(repo)}})
     first_log = 0.0
     async for sse in client.stream(accepted["job_id"]):
-        if sse.event == "log" and not first_log:
-            if json.loads(sse.data)["step"] == "hello":
-                first_log = time.perf_counter() - started
+        is_step_log = sse.event == "log" and json.loads(sse.data)["step"] == "hello"
+        if is_step_log and not first_log:
+            first_log = time.perf_counter() - started
     return first_log, time.perf_counter() - started
 
 
@@ -122,9 +122,8 @@ async def main(repeat: int) -> None:
     print(f"POST to end (whole job):     {ms(totals)}")
     print(f"docker run --rm, same step:  {ms(runs)}")
     print(f"aiodocker lifecycle (floor): {ms(raws)}")
-    print(
-        f"job / floor:                 {statistics.median(totals) / statistics.median(raws):.2f}x"
-    )
+    ratio = statistics.median(totals) / statistics.median(raws)
+    print(f"job / floor:                 {ratio:.2f}x")
 
 
 if __name__ == "__main__":
