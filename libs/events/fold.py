@@ -23,6 +23,7 @@ from .types import (
     PipelineLoaded,
     Repository,
     RunFinished,
+    RunRequested,
     RunStarted,
     SourceCheckedOut,
     StepFinished,
@@ -159,6 +160,8 @@ def apply(state: JobState | None, event: AnyEvent) -> JobState:
         raise InvalidTransition(
             f"event for job {event.job_id} applied to job {state.job_id}"
         )
+    if isinstance(event, RunRequested):
+        return _run_requested(state, event)
     run = state.run(event.run_id)
     if run is None:
         raise InvalidTransition(f"job {state.job_id} has no run {event.run_id}")
@@ -180,6 +183,25 @@ def _submitted(event: JobSubmitted) -> JobState:
         submitted_by=event.submitted_by,
         runs=(run,),
     )
+
+
+RETRYABLE: frozenset[str] = frozenset({"failed", "timed_out", "cancelled", "expired"})
+"""Outcomes after which a job may get another run."""
+
+
+def _run_requested(state: JobState, event: RunRequested) -> JobState:
+    last = state.last_run
+    if last.status not in RETRYABLE:
+        raise InvalidTransition(
+            f"job {state.job_id} cannot get a new run while its last run "
+            f"{last.run_id} is {last.status!r}"
+        )
+    if state.run(event.run_id) is not None:
+        raise InvalidTransition(f"job {state.job_id} already has run {event.run_id}")
+    run = RunState(
+        run_id=event.run_id, number=len(state.runs) + 1, submitted_at=event.at
+    )
+    return msgspec.structs.replace(state, runs=(*state.runs, run))
 
 
 def _apply_to_run(run: RunState, event: AnyEvent) -> RunState:

@@ -57,6 +57,14 @@ class JobSubmitted(Event, frozen=True, kw_only=True, tag="job.submitted"):
     submitted_by: str | None = None
 
 
+class RunRequested(Event, frozen=True, kw_only=True, tag="run.requested"):
+    """A user asked for another run of the job (a retry); `run_id` names it."""
+
+    previous_run_id: str
+    requested_by: str | None = None
+    reason: str = ""
+
+
 class JobQueued(Event, frozen=True, kw_only=True, tag="job.queued"):
     """The scheduler put a run in the queue of an executor pool."""
 
@@ -145,6 +153,7 @@ class RunFinished(Event, frozen=True, kw_only=True, tag="run.finished"):
 
 AnyEvent = (
     JobSubmitted
+    | RunRequested
     | JobQueued
     | RunStarted
     | SourceCheckedOut
@@ -159,6 +168,7 @@ AnyEvent = (
 
 EVENT_TYPES: tuple[type[Event], ...] = (
     JobSubmitted,
+    RunRequested,
     JobQueued,
     RunStarted,
     SourceCheckedOut,

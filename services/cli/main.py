@@ -109,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     logs.set_defaults(handler=cmd_logs)
 
+    retry = commands.add_parser("retry", help="start a new run of a failed job")
+    retry.add_argument("job_id")
+    retry.add_argument("--follow", "-f", action="store_true", help="print the log live")
+    retry.set_defaults(handler=cmd_retry)
+
     cancel = commands.add_parser("cancel", help="cancel a job's current run")
     cancel.add_argument("job_id")
     cancel.set_defaults(handler=cmd_cancel)
@@ -273,6 +278,16 @@ async def cmd_logs(args: argparse.Namespace) -> int:
             return await _follow(client, args.job_id)
         text = await client.request("GET", f"/api/v1/jobs/{args.job_id}/logs")
         sys.stdout.write(text)
+    return 0
+
+
+async def cmd_retry(args: argparse.Namespace) -> int:
+    """Ask the gateway for a new run of a job whose last run did not succeed."""
+    async with GatewayClient(args.url, args.api_key) as client:
+        result = await client.request("POST", f"/api/v1/jobs/{args.job_id}/retry")
+        print(result["run_id"])
+        if args.follow:
+            return await _follow(client, args.job_id)
     return 0
 
 

@@ -11,11 +11,14 @@ from libs.events import (
     CancelRequested,
     JobSubmitted,
     Repository,
+    RunRequested,
+    StreamConflict,
     decode_chunk,
     decode_event,
     new_id,
     subjects,
 )
+from libs.events.fold import RETRYABLE
 from libs.events.ids import is_valid_id
 from libs.events.journal import append, read_job, read_subject
 
@@ -227,6 +230,39 @@ async def cancel_job(request: web.Request) -> web.Response:
     )
 
 
+async def retry_job(request: web.Request) -> web.Response:
+    """Append `run.requested`: a new run of the same job, commit and pipeline."""
+    job_id = await job_or_404(request)
+    projection = request.app[PROJECTION_KEY]
+    job = projection.get(job_id)
+    assert job is not None
+    last = job.last_run
+    if last.status not in RETRYABLE:
+        raise ProblemError(
+            409,
+            "Job cannot be retried",
+            f"the last run {last.run_id} of job {job_id} is {last.status!r}; only a "
+            f"run that ended {', '.join(sorted(RETRYABLE))} can be retried",
+        )
+    event = RunRequested(job_id=job_id, run_id=new_id(), previous_run_id=last.run_id)
+    try:
+        seq = await append(
+            request.app[JS_KEY], event, expected_last_seq=projection.job_seq[job_id]
+        )
+    except StreamConflict as exc:
+        raise ProblemError(
+            409,
+            "Job changed",
+            f"job {job_id} changed while the retry was requested; read it and retry",
+        ) from exc
+    log.info("retry of job %s requested as run %s", job_id, event.run_id)
+    return json_response(
+        {"job_id": job_id, "run_id": event.run_id, "status": "submitted", "seq": seq},
+        status=202,
+        **{"Stasis-Seq": str(seq)},
+    )
+
+
 async def health(request: web.Request) -> web.Response:
     """Report whether the gateway is connected and its projection is current."""
     projection = request.app[PROJECTION_KEY]
@@ -247,6 +283,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/jobs", list_jobs)
     app.router.add_get("/api/v1/jobs/{job_id}", get_job)
     app.router.add_delete("/api/v1/jobs/{job_id}", cancel_job)
+    app.router.add_post("/api/v1/jobs/{job_id}/retry", retry_job)
     app.router.add_get("/api/v1/jobs/{job_id}/events", list_events)
     app.router.add_get("/api/v1/jobs/{job_id}/logs", get_logs)
     app.router.add_get("/api/v1/jobs/{job_id}/stream", stream_job)

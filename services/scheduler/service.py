@@ -82,8 +82,9 @@ class Scheduler:
             elif stored.seq >= head:
                 caught_up = True
                 log.info("scheduler replayed %d events", head)
-                for job_id in list(self._jobs):
-                    await self._react(job_id, recovering=True)
+                for job_id, state in list(self._jobs.items()):
+                    if not state.last_run.finished:
+                        await self._react(job_id, recovering=True)
 
     def _fold(self, stored: StoredEvent) -> None:
         job_id = stored.event.job_id
@@ -92,12 +93,9 @@ class Scheduler:
         except InvalidTransition as exc:
             log.warning("ignoring event at seq %d: %s", stored.seq, exc)
             return
+        # Finished jobs stay: a retry appends a new run to them.
         self._job_seq[job_id] = stored.seq
-        if state.last_run.finished:
-            self._jobs.pop(job_id, None)
-            self._job_seq.pop(job_id, None)
-        else:
-            self._jobs[job_id] = state
+        self._jobs[job_id] = state
 
     async def _react(self, job_id: str, recovering: bool = False) -> None:
         state = self._jobs.get(job_id)

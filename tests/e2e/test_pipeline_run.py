@@ -72,3 +72,53 @@ async def test_bad_requests_get_problem_details(stack: Stack) -> None:
         async with session.post(url, json={"repository": {"url": "not a url"}}) as resp:
             assert resp.status == 422
             assert "'not a url'" in (await resp.json())["detail"]
+
+
+async def test_retry_adds_a_run_and_409_after_success(
+    stack: Stack, tmp_path: Path
+) -> None:
+    flaky = f"""
+image: {TEST_IMAGE}
+steps:
+  check:
+    scripts: ["test \\"$FLAG\\" = on || exit 7"]
+"""
+    make_repo(tmp_path / "repo", {".stasis-ci.yaml": flaky})
+    assert stack.gateway is not None
+    async with GatewayClient(stack.gateway.url) as client:
+        accepted = await client.submit({"repository": {"url": str(tmp_path / "repo")}})
+        job_id = accepted["job_id"]
+        async for _ in client.stream(job_id):
+            pass
+        retried = await client.request("POST", f"/api/v1/jobs/{job_id}/retry")
+        async for _ in client.stream(job_id):
+            pass
+        job = await client.request("GET", f"/api/v1/jobs/{job_id}")
+        first_log = await client.request(
+            "GET", f"/api/v1/jobs/{job_id}/logs", params={"run": accepted["run_id"]}
+        )
+
+    assert [run["number"] for run in job["runs"]] == [1, 2]
+    assert job["runs"][0]["status"] == "failed"
+    assert job["runs"][0]["steps"][0]["exit_code"] == 7
+    assert job["runs"][1]["run_id"] == retried["run_id"]
+    assert job["runs"][1]["status"] == "failed"
+    assert job["status"] == "failed"
+    assert "exit 7" in first_log
+
+
+async def test_retry_of_succeeded_job_is_409(stack: Stack, tmp_path: Path) -> None:
+    ok = f"image: {TEST_IMAGE}\nsteps:\n  ok: {{scripts: ['true']}}\n"
+    make_repo(tmp_path / "repo", {".stasis-ci.yaml": ok})
+    assert stack.gateway is not None
+    url = stack.gateway.url
+    async with GatewayClient(url) as client:
+        accepted = await client.submit({"repository": {"url": str(tmp_path / "repo")}})
+        async for _ in client.stream(accepted["job_id"]):
+            pass
+    async with aiohttp.ClientSession() as session:
+        retry_url = f"{url}/api/v1/jobs/{accepted['job_id']}/retry"
+        async with session.post(retry_url) as resp:
+            body = await resp.json()
+    assert resp.status == 409
+    assert "'succeeded'" in body["detail"]
