@@ -73,6 +73,9 @@ class ExecutorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     network: str = "bridge"
     """Docker network mode of job containers; "none" disables networking."""
     pull_images: bool = True
+    max_run_attempts: int = 3
+    """Attempts of a run whose executor was lost before the run fails; step
+    `retry` in the pipeline is counted apart from this."""
     resources: ResourceLimits = msgspec.field(default_factory=ResourceLimits)
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     docker_url: str | None = None

@@ -17,6 +17,7 @@ from .types import (
     AnyEvent,
     ArtifactStored,
     ArtifactWarning,
+    AttemptLost,
     CancelRequested,
     JobQueued,
     JobSubmitted,
@@ -97,6 +98,7 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     artifacts: tuple[ArtifactRecord, ...] = ()
     warnings: tuple[str, ...] = ()
     cancel_requested: bool = False
+    lost_attempts: int = 0
     reason: str = ""
     duration_s: float = 0.0
     last_log_seq: int = 0
@@ -227,6 +229,14 @@ def _apply_to_run(run: RunState, event: AnyEvent) -> RunState:
                 executor_id=event.executor_id,
                 attempt=event.attempt,
             )
+        case AttemptLost():
+            _require_status(run, event, {"running"})
+            if event.attempt != run.attempt:
+                raise InvalidTransition(
+                    f"attempt {event.attempt} of run {run.run_id} lost, but the "
+                    f"current attempt is {run.attempt}"
+                )
+            return replace(run, lost_attempts=run.lost_attempts + 1)
         case SourceCheckedOut():
             _require_status(run, event, {"running"})
             return replace(run, commit=event.commit)

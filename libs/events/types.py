@@ -79,6 +79,14 @@ class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
     attempt: int = 1
 
 
+class AttemptLost(Event, frozen=True, kw_only=True, tag="run.attempt_lost"):
+    """An executor stopped acking its order mid-run; that attempt is abandoned."""
+
+    attempt: int
+    executor_id: str
+    reason: str = ""
+
+
 class SourceCheckedOut(Event, frozen=True, kw_only=True, tag="source.checked_out"):
     """The executor cloned the repository and checked out `commit`."""
 
@@ -156,6 +164,7 @@ AnyEvent = (
     | RunRequested
     | JobQueued
     | RunStarted
+    | AttemptLost
     | SourceCheckedOut
     | PipelineLoaded
     | StepStarted
@@ -171,6 +180,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RunRequested,
     JobQueued,
     RunStarted,
+    AttemptLost,
     SourceCheckedOut,
     PipelineLoaded,
     StepStarted,

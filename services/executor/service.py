@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from libs.config import Config
 from libs.events import (
     AnyEvent,
+    AttemptLost,
     CancelRequested,
     JobState,
     RunFinished,
@@ -31,6 +32,7 @@ from libs.events import (
     fold,
     subjects,
 )
+from libs.events.fold import RunState
 from libs.events.journal import append, read_job
 from libs.events.streams import dispatch_consumer_config, ensure_consumer
 from services.runtime import ServiceState, connect_jetstream
@@ -185,6 +187,13 @@ class Executor:
             if run.status == "running" and msg.metadata.num_delivered <= 1:
                 log.info("duplicate order for running run %s ignored", run_id)
                 return
+            if run.status == "running":
+                try:
+                    last = await self._record_lost_attempt(job, run, last)
+                except StreamConflict:
+                    continue
+                if last == 0:
+                    return
             attempt = run.attempt + 1
             started = RunStarted(
                 job_id=job_id,
@@ -202,6 +211,53 @@ class Executor:
             "run %s kept changing while claiming it; order left for later", run_id
         )
         raise StreamConflict(f"could not claim run {run_id}")
+
+    async def _record_lost_attempt(
+        self, job: JobState, run: RunState, last: int
+    ) -> int:
+        """Record that the run's current attempt was lost and clean up after it.
+
+        The order came back while the run is `running`, so the executor that
+        held it stopped sending progress acks. Returns the new last sequence,
+        or 0 when the run has used up `executor.max_run_attempts` and was failed.
+        """
+        assert self._js is not None and self._docker is not None
+        lost = AttemptLost(
+            job_id=job.job_id,
+            run_id=run.run_id,
+            attempt=run.attempt,
+            executor_id=run.executor_id or "",
+            reason="its executor stopped acking the order for longer than the ack wait",
+        )
+        last = await append(self._js, lost, expected_last_seq=last)
+        log.warning(
+            "attempt %d of run %s (executor %s) was lost",
+            run.attempt,
+            run.run_id,
+            run.executor_id,
+        )
+        # Only this host's Docker is reachable; a lost executor on another host
+        # leaves its containers to that host's next executor or to an operator.
+        await DockerRunner(self._docker, self.config.executor).remove_run_resources(
+            run.run_id
+        )
+        if run.attempt < self.config.executor.max_run_attempts:
+            return last
+        await append(
+            self._js,
+            RunFinished(
+                job_id=job.job_id,
+                run_id=run.run_id,
+                outcome="failed",
+                reason=(
+                    f"lost its executor {run.attempt} times; raise "
+                    "executor.max_run_attempts to try more"
+                ),
+            ),
+            msg_id=f"{run.run_id}:finished",
+            expected_last_seq=last,
+        )
+        return 0
 
     async def _execute(
         self, job: JobState, run_id: str, attempt: int, cancel_requested: bool
