@@ -5,6 +5,10 @@ Each step's log is `<root>/<job_id>/<run_id>/<step>.log`. Beside it,
 file size after it. Writing a chunk appends and fsyncs the log, then replaces
 the position file; a crash between the two leaves extra bytes that the next
 write cuts off before it appends again, so a redelivered chunk is written once.
+
+A chunk whose stream sequence is not above the file's recorded one is skipped,
+so the chunks of one file must arrive in stream order: a chunk that arrives
+after a later one of the same file is lost.
 """
 
 import os
@@ -74,6 +78,11 @@ class LogFileStore:
     def _save_position(self, path: Path, position: _Position) -> None:
         target = path.parent / (path.name + ".pos")
         temporary = target.with_suffix(".pos.tmp")
-        temporary.write_text(f"{position.seq} {position.size}\n")
+        # fsync before the rename so that a power loss cannot leave an empty
+        # position file, which would read as "nothing written" and truncate the log.
+        with open(temporary, "w") as position_file:
+            position_file.write(f"{position.seq} {position.size}\n")
+            position_file.flush()
+            os.fsync(position_file.fileno())
         os.replace(temporary, target)
         self._positions[path] = position
