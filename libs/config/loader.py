@@ -24,6 +24,8 @@ _DURATIONS = (
     "executor.timeouts.step",
     "executor.timeouts.clone",
     "executor.timeouts.kill_grace",
+    "artifacts.retention",
+    "artifacts.retention_interval",
 )
 _SIZES = (
     "nats.logs_max_bytes",
@@ -144,6 +146,8 @@ def _normalize(config: Config, source: str) -> None:
         for part in parents:
             node = getattr(node, part)
         raw = getattr(node, leaf)
+        if raw is None:
+            continue
         try:
             value = parse_duration(raw) if key in _DURATIONS else parse_size(raw)
         except ValueError as exc:

@@ -103,6 +103,11 @@ class ArtifactsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     secret_access_key: str | None = None
     multipart_threshold: int | str = "8m"
     part_size: int | str = "8m"
+    retention: float | str | None = None
+    """Age after which the gateway deletes an artifact and records that it did;
+    unset keeps artifacts for as long as the store does."""
+    retention_interval: float | str = "10m"
+    """How often the gateway looks for artifacts past `retention`."""
 
 
 class ForwardEndpoint(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -6,6 +6,7 @@ from .fold import TERMINAL, JobState, RunState, StepState, apply, fold
 from .ids import new_id
 from .types import (
     AnyEvent,
+    ArtifactRemoved,
     ArtifactStored,
     ArtifactWarning,
     AttemptLost,
@@ -34,6 +35,7 @@ from .types import (
 __all__ = [
     "TERMINAL",
     "AnyEvent",
+    "ArtifactRemoved",
     "ArtifactStored",
     "ArtifactWarning",
     "AttemptLost",

@@ -15,6 +15,7 @@ import msgspec
 from .errors import InvalidTransition
 from .types import (
     AnyEvent,
+    ArtifactRemoved,
     ArtifactStored,
     ArtifactWarning,
     AttemptLost,
@@ -261,6 +262,9 @@ def _apply_to_run(run: RunState, event: AnyEvent) -> RunState:
                 stored_at=event.at,
             )
             return replace(run, artifacts=(*run.artifacts, record))
+        case ArtifactRemoved():
+            kept = tuple(a for a in run.artifacts if a.key != event.key)
+            return replace(run, artifacts=kept)
         case ArtifactWarning():
             return replace(run, warnings=(*run.warnings, event.message))
         case RunFinished():

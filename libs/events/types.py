@@ -142,6 +142,14 @@ class ArtifactWarning(Event, frozen=True, kw_only=True, tag="artifact.warning"):
     message: str
 
 
+class ArtifactRemoved(Event, frozen=True, kw_only=True, tag="artifact.removed"):
+    """A stored artifact was deleted, for example by the retention setting."""
+
+    name: str
+    key: str
+    reason: str = ""
+
+
 class CancelRequested(Event, frozen=True, kw_only=True, tag="run.cancel_requested"):
     """A user asked to cancel the run."""
 
@@ -171,6 +179,7 @@ AnyEvent = (
     | StepFinished
     | ArtifactStored
     | ArtifactWarning
+    | ArtifactRemoved
     | CancelRequested
     | RunFinished
 )
@@ -187,6 +196,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     StepFinished,
     ArtifactStored,
     ArtifactWarning,
+    ArtifactRemoved,
     CancelRequested,
     RunFinished,
 )

@@ -1,10 +1,12 @@
 """The gateway service: the aiohttp application and its lifecycle."""
 
+import asyncio
 import logging
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from libs.artifacts import ArtifactStore
 from libs.artifacts.from_config import store_from_config
@@ -15,6 +17,7 @@ from .api import CONFIG_KEY, JS_KEY, PROJECTION_KEY, add_routes
 from .artifacts import STORE_KEY, add_artifact_routes
 from .problems import ProblemError, problem
 from .projection import Projection
+from .retention import retention_loop
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self._store: ArtifactStore | None = None
+        self._retention: asyncio.Task[None] | None = None
 
     def make_app(self) -> web.Application:
         """Build the aiohttp application (connected state is added in start)."""
@@ -77,6 +81,17 @@ class Gateway:
         app[CONFIG_KEY] = self.config
         self._store = store_from_config(self.config)
         app[STORE_KEY] = self._store
+        retention = self.config.artifacts.retention
+        if retention is not None:
+            self._retention = asyncio.create_task(
+                retention_loop(
+                    self.projection,
+                    self._store,
+                    js,
+                    float(retention),
+                    float(self.config.artifacts.retention_interval),
+                )
+            )
         self._runner = web.AppRunner(app, shutdown_timeout=2.0)
         await self._runner.setup()
         server = self.config.server
@@ -88,6 +103,18 @@ class Gateway:
         log.info("gateway listening on http://%s:%s", server.host, self.port)
 
     @property
+    def store(self) -> ArtifactStore:
+        """The artifact store, open while the gateway runs."""
+        assert self._store is not None, "the gateway is not started"
+        return self._store
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context, connected while the gateway runs."""
+        assert self._nc is not None, "the gateway is not started"
+        return self._nc.jetstream()
+
+    @property
     def url(self) -> str:
         """The base URL the gateway listens on."""
         return f"http://{self.config.server.host}:{self.port}"
@@ -95,6 +122,9 @@ class Gateway:
     async def stop(self) -> None:
         """Stop serving, stop the projection and close NATS, in that order."""
         self.state = ServiceState.STOPPING
+        if self._retention is not None:
+            self._retention.cancel()
+            await asyncio.gather(self._retention, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
         await self.projection.stop()

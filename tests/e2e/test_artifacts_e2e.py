@@ -4,6 +4,7 @@ import hashlib
 import io
 import tarfile
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -12,6 +13,7 @@ import pytest
 from libs.events.embedded import EmbeddedNats
 from services.cli.client import GatewayClient
 from services.cli.stack import Stack
+from services.gateway.retention import remove_expired
 from tests.conftest import TEST_IMAGE, make_config, make_repo
 from tests.s3server import MotoS3Server
 
@@ -125,3 +127,41 @@ async def test_artifact_upload_rejects_traversal(stack: Stack, tmp_path: Path) -
     stored = [path.name for path in (tmp_path / "data").rglob("*") if path.is_file()]
     assert "report.txt" in stored
     assert "passwd" not in stored
+
+
+async def test_retention_removes_and_records(stack: Stack, tmp_path: Path) -> None:
+    make_repo(tmp_path / "repo", {".stasis-ci.yaml": PIPELINE})
+    gateway = stack.gateway
+    assert gateway is not None
+    async with GatewayClient(gateway.url) as client:
+        accepted = await client.submit({"repository": {"url": str(tmp_path / "repo")}})
+        job_id = accepted["job_id"]
+        async for _ in client.stream(job_id):
+            pass
+        [artifact] = (await client.request("GET", f"/api/v1/jobs/{job_id}/artifacts"))[
+            "artifacts"
+        ]
+        young = await remove_expired(
+            gateway.projection, gateway.store, gateway.js, 3600
+        )
+        later = datetime.now(UTC) + timedelta(hours=2)
+        removed = await remove_expired(
+            gateway.projection, gateway.store, gateway.js, 3600, now=later
+        )
+        events = (await client.request("GET", f"/api/v1/jobs/{job_id}/events"))[
+            "events"
+        ]
+        last_seq = str(events[-1]["seq"])
+        listing = await client.request(
+            "GET", f"/api/v1/jobs/{job_id}/artifacts", params={"min_seq": last_seq}
+        )
+
+    assert young == []
+    assert len(removed) == 1
+    assert events[-1]["event"]["type"] == "artifact.removed"
+    assert events[-1]["event"]["reason"] == "older than artifacts.retention (3600s)"
+    assert listing["artifacts"] == []
+    async with aiohttp.ClientSession() as session:
+        async with session.get(artifact["download"]) as resp:
+            assert resp.status == 404
+    assert not (tmp_path / "data" / "artifacts" / removed[0]).exists()
