@@ -161,7 +161,9 @@ async def test_retention_removes_and_records(stack: Stack, tmp_path: Path) -> No
     assert events[-1]["event"]["type"] == "artifact.removed"
     assert events[-1]["event"]["reason"] == "older than artifacts.retention (3600s)"
     assert listing["artifacts"] == []
-    async with aiohttp.ClientSession() as session:
-        async with session.get(artifact["download"]) as resp:
-            assert resp.status == 404
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(artifact["download"]) as resp,
+    ):
+        assert resp.status == 404
     assert not (tmp_path / "data" / "artifacts" / removed[0]).exists()
