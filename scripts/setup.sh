@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(docker.io busybox-static git debootstrap ca-certificates)
+apt_packages=(docker.io busybox-static git git-lfs openssh-server debootstrap ca-certificates)
 missing=()
 for package in "${apt_packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
