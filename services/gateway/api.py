@@ -21,6 +21,8 @@ from libs.events import (
 from libs.events.fold import RETRYABLE
 from libs.events.ids import is_valid_id
 from libs.events.journal import append, read_job, read_subject
+from libs.events.schema import events_json_schema
+from libs.pipeline import pipeline_json_schema
 
 from .models import (
     JobAccepted,
@@ -277,6 +279,16 @@ async def health(request: web.Request) -> web.Response:
     return json_response(body, status=200 if healthy else 503)
 
 
+async def pipeline_schema(request: web.Request) -> web.Response:
+    """Serve the JSON Schema of `.stasis-ci.yaml`, for editors and validators."""
+    return json_response(pipeline_json_schema())
+
+
+async def events_schema(request: web.Request) -> web.Response:
+    """Serve the JSON Schema of the events and log chunks on the streams."""
+    return json_response(events_json_schema())
+
+
 def add_routes(app: web.Application) -> None:
     """Register every route of the API on `app`."""
     app.router.add_post("/api/v1/jobs", submit_job)
@@ -288,3 +300,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/jobs/{job_id}/logs", get_logs)
     app.router.add_get("/api/v1/jobs/{job_id}/stream", stream_job)
     app.router.add_get("/health", health)
+    app.router.add_get("/api/v1/schemas/pipeline.json", pipeline_schema)
+    app.router.add_get("/api/v1/schemas/events.json", events_schema)

@@ -122,3 +122,18 @@ async def test_retry_of_succeeded_job_is_409(stack: Stack, tmp_path: Path) -> No
             body = await resp.json()
     assert resp.status == 409
     assert "'succeeded'" in body["detail"]
+
+
+async def test_gateway_serves_both_schemas(stack: Stack) -> None:
+    assert stack.gateway is not None
+    shipped = Path("libs/pipeline/pipeline.schema.json").read_text()
+    async with GatewayClient(stack.gateway.url) as client:
+        pipeline = await client.request("GET", "/api/v1/schemas/pipeline.json")
+        events = await client.request("GET", "/api/v1/schemas/events.json")
+    assert pipeline == json.loads(shipped)
+    tags = {
+        definition["properties"]["type"]["enum"][0]
+        for definition in events["$defs"].values()
+        if "type" in definition.get("properties", {})
+    }
+    assert {"job.submitted", "run.finished", "artifact.stored"} <= tags
