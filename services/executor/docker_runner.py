@@ -28,12 +28,18 @@ LABEL_JOB = "stasis.job_id"
 LABEL_RUN = "stasis.run_id"
 LABEL_STEP = "stasis.step"
 _STREAM_NAMES: dict[int, Stream] = {1: "stdout", 2: "stderr"}
+# The PATH that Docker gives a container whose image sets none.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 OutputCallback = Callable[[Stream, bytes], Awaitable[None]]
 
 
 class ImageUnavailable(Exception):
     """Raised when an image is neither present nor pullable."""
+
+
+class ContainerStartFailed(Exception):
+    """Raised when Docker cannot start a step container, with Docker's message."""
 
 
 @dataclass
@@ -102,6 +108,38 @@ class DockerRunner:
             ) from exc
         output.append(f"pulled image {image}")
 
+    async def image_path(self, image: str) -> str:
+        """Return the PATH that `image` sets, or Docker's default when it sets none."""
+        info = await self.docker.images.inspect(image)
+        for entry in (info.get("Config") or {}).get("Env") or []:
+            name, _, value = entry.partition("=")
+            if name == "PATH":
+                return str(value)
+        return DEFAULT_PATH
+
+    async def find_executable(self, container: Any, name: str, path: str) -> bool:
+        """Return whether `name` is a file in one of the `path` directories.
+
+        The check requests the file from the archive API, which works on a
+        created container before it starts. It uses GET and leaves the body
+        unread, because aiodocker cannot parse the empty body of the 404
+        response to a HEAD request.
+        """
+        for directory in path.split(":"):
+            if not directory.startswith("/"):
+                continue
+            try:
+                async with self.docker._query(
+                    f"containers/{container.id}/archive",
+                    method="GET",
+                    params={"path": f"{directory.rstrip('/')}/{name}"},
+                ):
+                    return True
+            except DockerError as exc:
+                if exc.status != 404:
+                    raise
+        return False
+
     async def create_volume(self, name: str, labels: dict[str, str]) -> str:
         """Create the run's workspace volume and return its name."""
         await self.docker.volumes.create({"Name": name, "Labels": labels})
@@ -150,7 +188,13 @@ class DockerRunner:
         # output of a short-lived container is missed.
         await stream.__aenter__()
         reader = asyncio.create_task(_pump(stream, on_output))
-        await container.start()
+        try:
+            await container.start()
+        except DockerError as exc:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await stream.close()
+            raise ContainerStartFailed(exc.message) from exc
         stopper = asyncio.create_task(stop.requested.wait())
         done, _ = await asyncio.wait(
             {reader, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
@@ -175,16 +219,15 @@ class DockerRunner:
         grace = float(self.config.timeouts.kill_grace)
         if not stop.hurry.is_set():
             await self._signal_all(container, "TERM")
-            try:
-                async with asyncio.timeout(grace):
-                    waiter = asyncio.create_task(container.wait())
-                    hurry = asyncio.create_task(stop.hurry.wait())
-                    await asyncio.wait(
-                        {waiter, hurry}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    hurry.cancel()
-                    waiter.cancel()
-            except TimeoutError:
+            waiter = asyncio.create_task(container.wait())
+            hurry = asyncio.create_task(stop.hurry.wait())
+            done, _ = await asyncio.wait(
+                {waiter, hurry}, timeout=grace, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in (waiter, hurry):
+                task.cancel()
+            await asyncio.gather(waiter, hurry, return_exceptions=True)
+            if not done:
                 log.info(
                     "container %s outlived its %gs grace", container.id[:12], grace
                 )

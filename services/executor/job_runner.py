@@ -1,9 +1,11 @@
 """Running one attempt of one run: clone, load the pipeline, run its steps.
 
-The runner owns every resource it makes (clone directory, volume, step
-containers) and removes all of them before it returns, whatever the outcome.
-It appends the step events itself; the run's start and finish belong to the
-executor service, which guards them against a second executor.
+The runner applies the rules of the pipeline language (trigger, step order,
+`when`, `if`, retries, `continue_on_error`, timeouts, environment, shell). It
+owns every resource it makes (clone directory, volume, step containers) and
+removes all of them before it returns, whatever the outcome. It appends the
+step events itself; the run's start and finish belong to the executor service,
+which guards them against a second executor.
 """
 
 import asyncio
@@ -30,12 +32,15 @@ from libs.events.subjects import SYSTEM_STEP
 from libs.pipeline import Pipeline, PipelineError, Step, load_pipeline
 from libs.pipeline.expressions import compile_expression
 
+from .artifacts import ArtifactCollector
 from .docker_runner import (
     LABEL_JOB,
     LABEL_RUN,
     LABEL_STEP,
     WORKSPACE,
+    ContainerResult,
     ContainerSpec,
+    ContainerStartFailed,
     DockerRunner,
     ImageUnavailable,
     StopRequest,
@@ -43,6 +48,7 @@ from .docker_runner import (
 from .logs import StepLog
 from .workspace import (
     PIPELINE_FILE,
+    Checkout,
     CloneError,
     clone,
     make_workdir,
@@ -53,6 +59,10 @@ from .workspace import (
 log = logging.getLogger(__name__)
 
 Emit = Callable[[AnyEvent, str], Awaitable[None]]
+
+# How many kill grace periods an `always` step may take when it runs after a
+# cancel or after the job's time limit ran out, so that clean-up stays bounded.
+CLEANUP_GRACE_PERIODS = 3
 
 
 @dataclass
@@ -71,8 +81,10 @@ class _Progress:
     reason: str = ""
     last_log_seq: int = 0
     uploaded: bool = False
-    first_failure: str = ""
     step_outcomes: dict[str, str] = field(default_factory=dict)
+    shells: dict[tuple[str, str], bool] = field(default_factory=dict)
+    """Whether each (shell, PATH) pair was found in the image."""
+    missing_shell: bool = False
 
 
 class JobRunner:
@@ -101,6 +113,10 @@ class JobRunner:
         self.labels = {LABEL_JOB: job.job_id, LABEL_RUN: run_id}
         self.commit = ""
         self._progress = _Progress()
+        self._archive = Path()
+        self.artifacts = ArtifactCollector(
+            config, docker.docker, emit, job.job_id, run_id, attempt
+        )
 
     async def run(self) -> RunResult:
         """Run the whole attempt and return its outcome."""
@@ -150,6 +166,40 @@ class JobRunner:
         return self._result()
 
     async def _prepare(self, system: StepLog, workdir: Path) -> Pipeline | RunResult:
+        checkout = await self._checkout(system, workdir)
+        if isinstance(checkout, RunResult):
+            return checkout
+        pipeline = await self._load(system, checkout)
+        if isinstance(pipeline, RunResult):
+            return pipeline
+
+        skipped = self._trigger_result(pipeline)
+        if skipped is not None:
+            await system.note(skipped.reason)
+            return skipped
+
+        await self.emit(
+            PipelineLoaded(
+                job_id=self.job.job_id,
+                run_id=self.run_id,
+                image=pipeline.image,
+                steps=[
+                    StepPlan(name=s.name, type=s.type) for s in pipeline.ordered_steps()
+                ],
+            ),
+            "pipeline",
+        )
+        output: list[str] = []
+        try:
+            await self.docker.ensure_image(pipeline.image, output)
+        except ImageUnavailable as exc:
+            await system.note(str(exc))
+            return RunResult("failed", str(exc))
+        for line in output:
+            await system.note(line)
+        return pipeline
+
+    async def _checkout(self, system: StepLog, workdir: Path) -> Checkout | RunResult:
         repository = self.job.repository
         output: list[str] = []
         await system.note(f"cloning {repository.url}")
@@ -175,13 +225,15 @@ class JobRunner:
             "checked_out",
         )
         await system.note(f"checked out {checkout.commit}")
+        return checkout
 
+    async def _load(self, system: StepLog, checkout: Checkout) -> Pipeline | RunResult:
         pipeline_path = checkout.path / PIPELINE_FILE
         try:
             text = await asyncio.to_thread(pipeline_path.read_text, encoding="utf-8")
         except FileNotFoundError:
             reason = (
-                f"{repository.url} has no {PIPELINE_FILE} at commit "
+                f"{self.job.repository.url} has no {PIPELINE_FILE} at commit "
                 f"{checkout.commit[:12]}; add one at the repository root"
             )
             await system.note(reason)
@@ -189,30 +241,43 @@ class JobRunner:
         except (OSError, UnicodeDecodeError) as exc:
             return RunResult("failed", f"cannot read {PIPELINE_FILE}: {exc}")
         try:
-            pipeline = load_pipeline(text, source=PIPELINE_FILE)
+            return load_pipeline(text, source=PIPELINE_FILE)
         except PipelineError as exc:
             await system.note(str(exc))
             return RunResult("failed", f"invalid pipeline: {exc}")
 
-        await self.emit(
-            PipelineLoaded(
-                job_id=self.job.job_id,
-                run_id=self.run_id,
-                image=pipeline.image,
-                steps=[
-                    StepPlan(name=s.name, type=s.type) for s in pipeline.ordered_steps()
-                ],
-            ),
-            "pipeline",
+    def _trigger_result(self, pipeline: Pipeline) -> RunResult | None:
+        """Return the run's result when `on:` rejects the submission, else None.
+
+        An "api" submission counts as "manual". For "push" and "tag" the ref
+        is `repository.branch`: the pushed branch, or the tag's name.
+        """
+        trigger = self.job.trigger
+        ref = self.job.repository.branch
+        if trigger in ("manual", "api"):
+            runs, reason = pipeline.match_trigger("manual")
+        elif trigger in ("push", "tag"):
+            if not ref:
+                noun = "branch that was pushed" if trigger == "push" else "tag's name"
+                return RunResult(
+                    "failed",
+                    f"a {trigger!r} submission needs repository.branch set to the "
+                    f"{noun}; submit it again with the ref",
+                )
+            runs, reason = pipeline.match_trigger(
+                trigger, branch=ref if trigger == "push" else None, tag=ref
+            )
+        else:
+            return RunResult(
+                "failed",
+                f"invalid trigger {trigger!r}: use 'manual', 'api', 'push' or 'tag'",
+            )
+        if runs:
+            return None
+        return RunResult(
+            "skipped",
+            f"{PIPELINE_FILE} does not run this {trigger} submission: {reason}",
         )
-        try:
-            await self.docker.ensure_image(pipeline.image, output)
-        except ImageUnavailable as exc:
-            await system.note(str(exc))
-            return RunResult("failed", str(exc))
-        for line in output:
-            await system.note(line)
-        return pipeline
 
     def _job_timeout(self, pipeline: Pipeline) -> float:
         limit = float(self.config.executor.timeouts.job)
@@ -228,37 +293,74 @@ class JobRunner:
             return RunResult("timed_out", progress.reason)
         if progress.failed:
             return RunResult("failed", progress.reason)
+        if self.artifacts.too_large:
+            return RunResult("failed", self.artifacts.too_large)
         return RunResult("succeeded")
 
-    def _skip_reason(self, pipeline: Pipeline, step: Step, env: dict[str, str]) -> str:
+    def _skip_reason(self, step: Step, env: dict[str, str]) -> str:
         progress = self._progress
-        broken = progress.failed or progress.timed_out or self.stop.requested.is_set()
-        if step.when == "on_success" and broken:
-            return "an earlier step failed, timed out or was cancelled"
-        if step.when == "on_failure" and not broken:
-            return "no earlier step failed (when: on_failure)"
+        cancelled = self.stop.requested.is_set()
+        failing = progress.failed or progress.timed_out
+        if step.when == "on_success" and cancelled:
+            return "the run was cancelled (when: on_success)"
+        if step.when == "on_success" and failing:
+            return f"{progress.reason} (when: on_success)"
+        if step.when == "on_failure" and cancelled:
+            return "the run was cancelled, which is not a failure (when: on_failure)"
+        if step.when == "on_failure" and not failing:
+            return "no earlier step failed or timed out (when: on_failure)"
         if step.if_ is not None and not compile_expression(step.if_).evaluate(env):
             return f"if condition {step.if_!r} is false"
         return ""
 
     async def _run_step(self, pipeline: Pipeline, step: Step, deadline: float) -> None:
+        progress = self._progress
+        if time.monotonic() >= deadline and not progress.timed_out:
+            progress.timed_out = True
+            progress.reason = "the job's time limit ran out between steps"
         env = self._step_env(pipeline, step, attempt=1)
-        reason = self._skip_reason(pipeline, step, env)
+        reason = self._skip_reason(step, env)
         if reason:
+            progress.step_outcomes[step.name] = "skipped"
+            log.info("run %s: step %s skipped: %s", self.run_id, step.name, reason)
             await self._emit_step_finished(
                 step.name, "skipped", 0, None, 0.0, reason, 0
             )
             return
 
+        outcome = "failed"
         for attempt in range(1, step.retry.max_attempts + 1):
-            if attempt > 1:
-                await asyncio.sleep(step.retry.delay_before(attempt))
-            outcome = await self._run_attempt(pipeline, step, attempt, deadline)
-            if outcome in ("succeeded", "cancelled", "timed_out"):
+            if attempt > 1 and not await self._wait_before(step, attempt, deadline):
                 break
-            if self.stop.requested.is_set() or time.monotonic() >= deadline:
+            outcome = await self._run_attempt(pipeline, step, attempt, deadline)
+            if not self._should_retry(step, outcome, attempt, deadline):
                 break
         self._record(step, outcome)
+
+    def _should_retry(
+        self, step: Step, outcome: str, attempt: int, deadline: float
+    ) -> bool:
+        return (
+            outcome in ("failed", "timed_out")
+            and attempt < step.retry.max_attempts
+            and not self._progress.missing_shell
+            and not self.stop.requested.is_set()
+            and time.monotonic() < deadline
+        )
+
+    async def _wait_before(self, step: Step, attempt: int, deadline: float) -> bool:
+        """Wait the retry delay before `attempt`.
+
+        Return False when a cancel or the end of the job's time limit comes first.
+        """
+        delay = min(step.retry.delay_before(attempt), deadline - time.monotonic())
+        if self.stop.requested.is_set():
+            return False
+        try:
+            await asyncio.wait_for(self.stop.requested.wait(), max(0.0, delay))
+        except TimeoutError:
+            return time.monotonic() < deadline
+        return False
 
     def _record(self, step: Step, outcome: str) -> None:
         progress = self._progress
@@ -272,69 +374,145 @@ class JobRunner:
             progress.failed = True
             progress.reason = progress.reason or f"step {step.name!r} failed"
 
-    async def _run_attempt(
-        self, pipeline: Pipeline, step: Step, attempt: int, deadline: float
-    ) -> str:
-        env = self._step_env(pipeline, step, attempt)
+    def _attempt_timeout(self, step: Step, deadline: float) -> tuple[float, bool]:
+        """Return the attempt's time limit in seconds, and whether the job's
+        remaining time (rather than the step's limit) set it."""
         step_limit = float(self.config.executor.timeouts.step)
         if step.timeout is not None:
             step_limit = min(step_limit, step.timeout)
         remaining = deadline - time.monotonic()
-        always = step.when == "always"
-        if always and remaining <= 0:
-            # A clean-up step still runs after a timeout or cancel, for a bounded time.
-            remaining = float(self.config.executor.timeouts.kill_grace) * 3
+        if step.when == "always" and (remaining <= 0 or self.stop.requested.is_set()):
+            # A clean-up step still runs after a timeout or cancel, for a
+            # bounded time.
+            grace = float(self.config.executor.timeouts.kill_grace)
+            return min(step_limit, grace * CLEANUP_GRACE_PERIODS), False
         timeout = max(0.0, min(step_limit, remaining))
-        hits_job_deadline = timeout < step_limit
+        return timeout, timeout < step_limit
 
+    def _stop_for(self, step: Step) -> StopRequest:
+        if step.when != "always":
+            return self.stop
+        # The first cancel leaves a clean-up step running; a second one, which
+        # sets `hurry`, kills it at once.
+        return StopRequest(requested=self.stop.hurry, hurry=self.stop.hurry)
+
+    async def _run_attempt(
+        self, pipeline: Pipeline, step: Step, attempt: int, deadline: float
+    ) -> str:
+        env = self._step_env(pipeline, step, attempt)
         container = await self.docker.create_container(
             ContainerSpec(
                 image=pipeline.image,
-                command=[
-                    step.shell or pipeline.shell,
-                    "-c",
-                    build_script(step.scripts),
-                ],
+                command=[pipeline.step_shell(step), "-c", build_script(step.scripts)],
                 env=env,
                 working_dir=_working_dir(step),
                 volume=self.volume,
                 labels={**self.labels, LABEL_STEP: step.name},
             )
         )
-        if not self._progress.uploaded:
-            # aiohttp streams an open file in a thread; the archive can be large.
-            with open(self._archive, "rb") as source:  # noqa: ASYNC230
-                await container.put_archive(WORKSPACE, source)
-            self._progress.uploaded = True
-
         step_log = StepLog(self.js, self.job.job_id, self.run_id, step.name, attempt)
-        step_log.start()
-        await self.emit(
-            StepStarted(
-                job_id=self.job.job_id,
-                run_id=self.run_id,
-                step=step.name,
-                attempt=attempt,
-            ),
-            f"{step.name}:{attempt}:started",
-        )
-        started = time.monotonic()
-        stop = self.stop if not always else StopRequest()
         try:
-            result = await self.docker.run(container, step_log.write, timeout, stop)
+            await self._upload_source(container)
+            missing = await self._missing_shell(container, pipeline, step, env)
+            step_log.start()
+            await self.emit(
+                StepStarted(
+                    job_id=self.job.job_id,
+                    run_id=self.run_id,
+                    step=step.name,
+                    attempt=attempt,
+                ),
+                f"{step.name}:{attempt}:started",
+            )
+            started = time.monotonic()
+            if missing:
+                await step_log.note(missing)
+                outcome, reason, exit_code = "failed", missing, None
+            else:
+                outcome, reason, exit_code = await self._execute(
+                    container, step_log, step, attempt, deadline
+                )
         finally:
             last_seq = await step_log.close()
             await container.delete(force=True)
-        duration = time.monotonic() - started
 
-        outcome, reason = _classify(result, timeout)
-        if result.timed_out and hits_job_deadline and not always:
-            reason = f"the job's time limit ran out during step {step.name!r}"
+        duration = time.monotonic() - started
         self._progress.last_log_seq = max(self._progress.last_log_seq, last_seq)
+        log.info(
+            "run %s: step %s attempt %d %s in %.2fs %s",
+            self.run_id,
+            step.name,
+            attempt,
+            outcome,
+            duration,
+            reason,
+        )
         await self._emit_step_finished(
-            step.name, outcome, attempt, result.exit_code, duration, reason, last_seq
+            step.name, outcome, attempt, exit_code, duration, reason, last_seq
         )
         return outcome
+
+    async def _execute(
+        self,
+        container: Any,
+        step_log: StepLog,
+        step: Step,
+        attempt: int,
+        deadline: float,
+    ) -> tuple[str, str, int | None]:
+        """Run a created step container and return its outcome, reason, exit code."""
+        timeout, hits_job_deadline = self._attempt_timeout(step, deadline)
+        try:
+            result = await self.docker.run(
+                container, step_log.write, timeout, self._stop_for(step)
+            )
+        except ContainerStartFailed as exc:
+            reason = f"Docker could not start the step's container: {exc}"
+            await step_log.note(reason)
+            return "failed", reason, None
+
+        outcome, reason = _classify(result, timeout)
+        if result.timed_out and hits_job_deadline:
+            reason = f"the job's time limit ran out during step {step.name!r}"
+            # The job's limit ends the run even for a continue_on_error step.
+            self._progress.timed_out = True
+            self._progress.reason = self._progress.reason or reason
+        last_attempt = not self._should_retry(step, outcome, attempt, deadline)
+        if last_attempt and step.artifacts:
+            await self.artifacts.collect(container, step.name, step.artifacts, step_log)
+        return outcome, reason, result.exit_code
+
+    async def _upload_source(self, container: Any) -> None:
+        # The volume keeps the source for every later container of the run.
+        if self._progress.uploaded:
+            return
+        # aiohttp streams an open file in a thread; the archive can be large.
+        with open(self._archive, "rb") as source:  # noqa: ASYNC230
+            await container.put_archive(WORKSPACE, source)
+        self._progress.uploaded = True
+
+    async def _missing_shell(
+        self, container: Any, pipeline: Pipeline, step: Step, env: dict[str, str]
+    ) -> str:
+        """Return why the step's shell cannot run in the image, or "" when it can.
+
+        Without this check a missing shell only shows as exit code 127 and a
+        message of docker-init's.
+        """
+        shell = pipeline.step_shell(step)
+        path = env.get("PATH") or await self.docker.image_path(pipeline.image)
+        found = self._progress.shells.get((shell, path))
+        if found is None:
+            found = await self.docker.find_executable(container, shell, path)
+            self._progress.shells[(shell, path)] = found
+        if found:
+            return ""
+        self._progress.missing_shell = True
+        return (
+            f"image {pipeline.image!r} has no {shell!r} in its PATH ({path}); set "
+            f"`shell: sh` on the step or at the top of {PIPELINE_FILE}, or use an "
+            f"image that has {shell}"
+        )
 
     async def _emit_step_finished(
         self,
@@ -363,13 +541,16 @@ class JobRunner:
 
     def _step_env(self, pipeline: Pipeline, step: Step, attempt: int) -> dict[str, str]:
         job = self.job
+        # A tag submission names its tag in repository.branch.
+        ref = job.repository.branch or ""
+        branch, tag = ("", ref) if job.trigger == "tag" else (ref, "")
         predefined = {
             "CI": "true",
             "CI_JOB_ID": job.job_id,
             "CI_RUN_ID": self.run_id,
             "CI_COMMIT_SHA": self.commit,
-            "CI_BRANCH": job.repository.branch or "",
-            "CI_TAG": "",
+            "CI_BRANCH": branch,
+            "CI_TAG": tag,
             "CI_REPOSITORY_URL": job.repository.url,
             "CI_WORKSPACE": WORKSPACE,
             "CI_STEP_NAME": step.name,
@@ -394,7 +575,7 @@ def _working_dir(step: Step) -> str:
     return WORKSPACE
 
 
-def _classify(result: Any, timeout: float) -> tuple[str, str]:
+def _classify(result: ContainerResult, timeout: float) -> tuple[str, str]:
     if result.cancelled:
         return "cancelled", "cancelled on request"
     if result.timed_out:
