@@ -27,7 +27,12 @@ class ServerSentEvent:
 
 
 class GatewayClient:
-    """Calls the gateway at `base_url`; use as an async context manager."""
+    """Calls the gateway at `base_url`; use as an async context manager.
+
+    The client reads its own writes: every request carries the highest
+    `Stasis-Seq` a write returned so far as `Stasis-Min-Seq`, so the gateway
+    waits until its projection has applied that write before it answers.
+    """
 
     def __init__(self, base_url: str, api_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
@@ -35,6 +40,7 @@ class GatewayClient:
         self._session = aiohttp.ClientSession(
             headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)
         )
+        self.min_seq = 0
 
     async def __aenter__(self) -> "GatewayClient":
         return self
@@ -44,10 +50,12 @@ class GatewayClient:
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send a request and return the decoded JSON (or text) answer."""
+        headers = {**kwargs.pop("headers", {}), **self._consistency()}
         try:
             async with self._session.request(
-                method, self.base_url + path, **kwargs
+                method, self.base_url + path, headers=headers, **kwargs
             ) as resp:
+                self._remember(resp)
                 if resp.status >= 400:
                     raise ApiError(resp.status, await _detail(resp))
                 if resp.content_type == "application/json":
@@ -69,13 +77,23 @@ class GatewayClient:
         self, job_id: str, last_event_id: str | None = None
     ) -> AsyncIterator[ServerSentEvent]:
         """Yield the SSE events of a job until the server ends the stream."""
-        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        headers = self._consistency()
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
         url = f"{self.base_url}/api/v1/jobs/{job_id}/stream"
         async with self._session.get(url, headers=headers) as resp:
             if resp.status >= 400:
                 raise ApiError(resp.status, await _detail(resp))
             async for event in parse_sse(resp.content):
                 yield event
+
+    def _consistency(self) -> dict[str, str]:
+        return {"Stasis-Min-Seq": str(self.min_seq)} if self.min_seq else {}
+
+    def _remember(self, resp: aiohttp.ClientResponse) -> None:
+        seq = resp.headers.get("Stasis-Seq", "")
+        if seq.isdigit():
+            self.min_seq = max(self.min_seq, int(seq))
 
 
 async def parse_sse(content: aiohttp.StreamReader) -> AsyncIterator[ServerSentEvent]:

@@ -23,6 +23,7 @@ from libs.events.ids import is_valid_id
 from libs.events.journal import append, read_job, read_subject
 from libs.events.schema import events_json_schema
 from libs.pipeline import pipeline_json_schema
+from services.executor.capture import strip_control
 
 from .models import (
     JobAccepted,
@@ -172,21 +173,53 @@ async def list_events(request: web.Request) -> web.Response:
     )
 
 
+LOG_FORMATS = ("text", "plain", "json")
+
+
 async def get_logs(request: web.Request) -> web.Response:
-    """Return a run's log as text (default) or as JSON chunks (`format=json`)."""
+    """Return a run's log: as written (`text`), without control codes, or as JSON.
+
+    `run` picks a run (default: the last), `step` one step, and `since` returns
+    only chunks after that logs-stream sequence (from a previous JSON answer).
+    """
     job_id = await job_or_404(request)
     job = request.app[PROJECTION_KEY].get(job_id)
     assert job is not None
-    run_id = request.query.get("run", job.last_run.run_id)
+    query = request.query
+    run_id = query.get("run", job.last_run.run_id)
     if job.run(run_id) is None:
         raise ProblemError(404, "Run not found", f"job {job_id} has no run {run_id!r}")
-    step = request.query.get("step", "*")
-    subject = f"{subjects.LOGS_PREFIX}.{job_id}.{run_id}.{step}"
-    messages = await read_subject(request.app[JS_KEY], subjects.LOGS_STREAM, subject)
-    chunks = [decode_chunk(m.data) for m in messages]
-    if request.query.get("format") == "json":
+    log_format = query.get("format", "text")
+    since = query.get("since", "0")
+    if log_format not in LOG_FORMATS or not since.isdigit():
+        raise ProblemError(
+            400,
+            "Invalid log query",
+            f"format {log_format!r} must be one of {', '.join(LOG_FORMATS)} and "
+            f"since {since!r} a logs-stream sequence (a whole number)",
+        )
+    step = query.get("step", "*")
+    try:
+        subject = (
+            subjects.log_subject(job_id, run_id, step)
+            if step != "*"
+            else (subjects.job_logs_filter(job_id, run_id))
+        )
+    except ValueError as exc:
+        raise ProblemError(400, "Invalid step", str(exc)) from exc
+
+    messages = await read_subject(
+        request.app[JS_KEY], subjects.LOGS_STREAM, subject, int(since) + 1
+    )
+    if log_format == "json":
+        chunks = [
+            {"seq": m.metadata.sequence.stream, "chunk": decode_chunk(m.data)}
+            for m in messages
+        ]
         return json_response({"job_id": job_id, "run_id": run_id, "chunks": chunks})
-    text = "".join(chunk.data for chunk in chunks)
+    text = "".join(decode_chunk(m.data).data for m in messages)
+    if log_format == "plain":
+        text = strip_control(text)
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 
@@ -229,6 +262,7 @@ async def cancel_job(request: web.Request) -> web.Response:
             "seq": seq,
         },
         status=202,
+        **{"Stasis-Seq": str(seq)},
     )
 
 

@@ -137,3 +137,37 @@ async def test_gateway_serves_both_schemas(stack: Stack) -> None:
         if "type" in definition.get("properties", {})
     }
     assert {"job.submitted", "run.finished", "artifact.stored"} <= tags
+
+
+async def test_logs_plain_json_and_since(stack: Stack, tmp_path: Path) -> None:
+    colour = f"""
+image: {TEST_IMAGE}
+steps:
+  paint:
+    scripts: ["printf 'a\\\\rb\\\\rc\\\\n'", "printf '\\\\033[31mred\\\\033[0m\\\\n'"]
+"""
+    make_repo(tmp_path / "repo", {".stasis-ci.yaml": colour})
+    assert stack.gateway is not None
+    async with GatewayClient(stack.gateway.url) as client:
+        accepted = await client.submit({"repository": {"url": str(tmp_path / "repo")}})
+        job_id = accepted["job_id"]
+        async for _ in client.stream(job_id):
+            pass
+        url = f"/api/v1/jobs/{job_id}/logs"
+        raw = await client.request("GET", url, params={"step": "paint"})
+        plain = await client.request(
+            "GET", url, params={"step": "paint", "format": "plain"}
+        )
+        chunks = await client.request("GET", url, params={"format": "json"})
+        first_seq = chunks["chunks"][0]["seq"]
+        after = await client.request("GET", url, params={"since": str(first_seq)})
+
+    assert "a\rb\rc\n" in raw
+    assert "\x1b[31mred\x1b[0m\n" in raw
+    assert "c\n" in plain
+    assert "red\n" in plain
+    assert "\x1b" not in plain
+    assert "\r" not in plain
+    first_text = chunks["chunks"][0]["chunk"]["data"]
+    whole = "".join(entry["chunk"]["data"] for entry in chunks["chunks"])
+    assert after == whole[len(first_text) :]

@@ -113,7 +113,8 @@ class Runner:
             path = f"/api/v1/jobs/{job_id}"
             job = await client.request("GET", path)
             events = (await client.request("GET", f"{path}/events"))["events"]
-            chunks = (await client.request("GET", f"{path}/logs?format=json"))["chunks"]
+            answer = await client.request("GET", f"{path}/logs?format=json")
+            chunks = [entry["chunk"] for entry in answer["chunks"]]
             log_text = await client.request("GET", f"{path}/logs")
 
         assert sse[-1].event == "end"
