@@ -316,7 +316,14 @@ async def _fetch_target(
     refspecs = [f"+{source}:{target}"]
     if depth is None and not branch:
         refspecs += [_BRANCHES, _TAGS]
-    await git.fetch(refspecs, depth, display_url)
+    try:
+        await git.fetch(refspecs, depth, display_url)
+    except CloneError:
+        if not branch:
+            raise
+        # A tag submission names its tag where a push names its branch.
+        source = f"refs/tags/{branch}"
+        await git.fetch([f"+{source}:{target}"], depth, display_url)
     sha = await git.resolve(target)
     if sha is None:
         raise CloneError(f"{display_url!r} has no {source} after fetching it")
