@@ -121,6 +121,15 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True):
     submitted_at: datetime
     submitted_by: str | None
     runs: tuple[RunState, ...]
+    priority: int = 0
+    concurrency_group: str | None = None
+    cancel_in_progress: bool = False
+    labels: tuple[str, ...] = ()
+    secret_names: tuple[str, ...] = ()
+    credentials_kind: str | None = None
+    replay_of: str | None = None
+    image: str | None = None
+    only_steps: tuple[str, ...] | None = None
 
     @property
     def last_run(self) -> RunState:
@@ -185,6 +194,15 @@ def _submitted(event: JobSubmitted) -> JobState:
         submitted_at=event.at,
         submitted_by=event.submitted_by,
         runs=(run,),
+        priority=event.priority,
+        concurrency_group=event.concurrency_group,
+        cancel_in_progress=event.cancel_in_progress,
+        labels=tuple(event.labels),
+        secret_names=tuple(event.secret_names),
+        credentials_kind=event.credentials_kind,
+        replay_of=event.replay_of,
+        image=event.image,
+        only_steps=None if event.only_steps is None else tuple(event.only_steps),
     )
 
 

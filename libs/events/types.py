@@ -30,6 +30,10 @@ class Repository(msgspec.Struct, frozen=True, kw_only=True):
     url: str
     branch: str | None = None
     commit: str | None = None
+    depth: int | None = None
+    """Shallow clone depth; None clones the whole history."""
+    submodules: bool = False
+    lfs: bool = False
 
 
 class StepPlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,6 +59,24 @@ class JobSubmitted(Event, frozen=True, kw_only=True, tag="job.submitted"):
     trigger: str = "manual"
     pool: str = "default"
     submitted_by: str | None = None
+    priority: int = 0
+    """Higher runs first; see the scheduling docs for the range."""
+    concurrency_group: str | None = None
+    """At most one run of a group runs at a time."""
+    cancel_in_progress: bool = False
+    """A newer run of the group cancels the running one."""
+    labels: list[str] = []
+    """Executor labels the job needs."""
+    secret_names: list[str] = []
+    """Names of the secret variables; the values are never in the stream."""
+    credentials_kind: str | None = None
+    """"token", "basic" or "ssh" when clone credentials were given; never values."""
+    replay_of: str | None = None
+    """The job this one replays, with the overrides below."""
+    image: str | None = None
+    """Image that replaces the pipeline's, from a replay."""
+    only_steps: list[str] | None = None
+    """Steps to run, from a replay; None runs all."""
 
 
 class RunRequested(Event, frozen=True, kw_only=True, tag="run.requested"):

@@ -84,10 +84,21 @@ async def submit_job(request: web.Request) -> web.Response:
     event = JobSubmitted(
         job_id=new_id(),
         run_id=new_id(),
-        repository=Repository(url=repo.url, branch=repo.branch, commit=repo.commit),
+        repository=Repository(
+            url=repo.url,
+            branch=repo.branch,
+            commit=repo.commit,
+            depth=repo.depth,
+            submodules=repo.submodules,
+            lfs=repo.lfs,
+        ),
         env=job_request.env,
         trigger=job_request.trigger,
         pool=job_request.pool,
+        priority=job_request.priority,
+        concurrency_group=job_request.concurrency_group,
+        cancel_in_progress=job_request.cancel_in_progress,
+        labels=job_request.labels,
     )
     key = request.headers.get("Idempotency-Key")
     js = request.app[JS_KEY]

@@ -19,6 +19,21 @@ class RepositoryRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     url: str
     branch: str | None = None
     commit: str | None = None
+    depth: int | None = None
+    """Shallow clone depth (1 to 100000); unset clones the whole history."""
+    submodules: bool = False
+    lfs: bool = False
+
+
+class CredentialsRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Clone credentials: a token, a username and password, or an SSH key."""
+
+    token: str | None = None
+    username: str | None = None
+    password: str | None = None
+    ssh_private_key: str | None = None
+    known_hosts: str | None = None
+    strict_host_key_checking: bool = True
 
 
 class JobRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -28,6 +43,13 @@ class JobRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     env: dict[str, str] = {}
     trigger: Literal["manual", "push", "tag", "api"] = "manual"
     pool: str = "default"
+    priority: int = 0
+    concurrency_group: str | None = None
+    cancel_in_progress: bool = False
+    labels: list[str] = []
+    secrets: dict[str, str] = {}
+    """Secret variables: given to the steps, masked in logs, never stored in plain."""
+    credentials: CredentialsRequest | None = None
 
 
 class JobLinks(msgspec.Struct, kw_only=True):
@@ -85,6 +107,11 @@ def validate_request(request: JobRequest) -> list[str]:
                 f"env name {name!r} is invalid; use letters, digits and '_', "
                 "not starting with a digit"
             )
+    if repo.depth is not None and not 1 <= repo.depth <= 100_000:
+        problems.append(
+            f"repository.depth {repo.depth!r} is out of range; use 1 to 100000, "
+            "or leave it out to clone the whole history"
+        )
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", request.pool):
         problems.append(
             f"pool {request.pool!r} is invalid; use 1 to 64 letters, digits, '_' or '-'"
