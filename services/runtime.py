@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 from libs.config import Config
 from libs.events import connect
 from libs.events.streams import ensure_streams
+from libs.secrets import SecretVault, load_or_create_key
 
 
 class ServiceState(enum.Enum):
@@ -51,6 +52,17 @@ async def connect_jetstream(
     js = nc.jetstream(timeout=10.0)
     await ensure_streams(js, config.nats)
     return nc, js
+
+
+async def open_vault(js: JetStreamContext, config: Config) -> SecretVault:
+    """Open the secret vault with the configured key (created on one host)."""
+    try:
+        key = load_or_create_key(config.secrets.key, config.secrets_key_file)
+    except ValueError as exc:
+        raise RuntimeError(str(exc)) from exc
+    return await SecretVault.open(
+        js, key, float(config.secrets.ttl), replicas=config.nats.replicas
+    )
 
 
 async def run_until_signal(

@@ -26,6 +26,7 @@ _DURATIONS = (
     "executor.timeouts.kill_grace",
     "artifacts.retention",
     "artifacts.retention_interval",
+    "secrets.ttl",
 )
 _SIZES = (
     "nats.logs_max_bytes",

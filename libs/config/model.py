@@ -136,16 +136,44 @@ class LogsinkConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class AuthConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """API keys and rate limits of the gateway.
+    """API keys, job ownership and request limits of the gateway.
 
-    TODO: the gateway does not check keys or rate limits yet; these settings
-    are read and validated only, so do not expose the gateway beyond loopback.
+    With `enabled` false (the default) the gateway checks no key and applies
+    none of the limits here except `max_body_bytes`, so keep `server.host` on
+    loopback or behind an authenticating proxy.
     """
 
     enabled: bool = False
     api_keys: list[str] = []
+    """Keys in plain text or as `sha256:<hex>`; each sees only its own jobs."""
+    admin_keys: list[str] = []
+    """Keys, in the same forms, that see and act on every job."""
     api_key_file: str | None = None
+    """File of keys, one a line; `admin:` marks an admin key, `#` a comment."""
+    public_paths: list[str] = msgspec.field(
+        default_factory=lambda: ["/health", "/metrics", "/api-docs"]
+    )
+    """Paths open without a key; each also opens every path below it."""
     rate_limit_per_minute: int = 600
+    """Requests each key may make per minute on average; 0 turns the limit off."""
+    burst: int = 60
+    """Requests a key may make at once before `rate_limit_per_minute` applies."""
+    max_sse_per_key: int = 10
+    """Open SSE streams per key; 0 turns the limit off."""
+    max_body_bytes: int | str = "1m"
+    """Largest request body the gateway reads; artifact uploads stream and are
+    bounded by `artifacts.max_bytes_per_job` instead."""
+
+
+class SecretsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How secret variables and clone credentials are kept between submit and run."""
+
+    key: str | None = None
+    """Fernet key (URL-safe base64 of 32 bytes) shared by gateways and executors."""
+    key_file: str | None = None
+    """File with the key; defaults to <data_dir>/secrets.key, created if absent."""
+    ttl: float | str = "24h"
+    """Life of an entry no run collected; a run's end removes its job's entry."""
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -159,6 +187,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     artifacts: ArtifactsConfig = msgspec.field(default_factory=ArtifactsConfig)
     logsink: LogsinkConfig = msgspec.field(default_factory=LogsinkConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    secrets: SecretsConfig = msgspec.field(default_factory=SecretsConfig)
 
     @property
     def workspace_root(self) -> str:
@@ -169,6 +198,11 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def artifacts_dir(self) -> str:
         """Root of the local artifact store."""
         return self.artifacts.path or os.path.join(self.data_dir, "artifacts")
+
+    @property
+    def secrets_key_file(self) -> str:
+        """The file that holds the secrets key when `secrets.key` is unset."""
+        return self.secrets.key_file or os.path.join(self.data_dir, "secrets.key")
 
     @property
     def logs_dir(self) -> str:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from libs.config import Config
 from libs.events import (
     AnyEvent,
@@ -31,8 +33,10 @@ from libs.events import (
 from libs.events.subjects import SYSTEM_STEP
 from libs.pipeline import Pipeline, PipelineError, Step, load_pipeline
 from libs.pipeline.expressions import compile_expression
+from libs.secrets import JobSecrets
 
 from .artifacts import ArtifactCollector
+from .credentials import Credentials
 from .docker_runner import (
     LABEL_JOB,
     LABEL_RUN,
@@ -45,7 +49,8 @@ from .docker_runner import (
     ImageUnavailable,
     StopRequest,
 )
-from .logs import StepLog
+from .logs import LogBudget, StepLog
+from .masking import SecretMasker
 from .workspace import (
     PIPELINE_FILE,
     Checkout,
@@ -100,8 +105,19 @@ class JobRunner:
         attempt: int,
         emit: Emit,
         stop: StopRequest,
+        secrets: JobSecrets | None = None,
     ) -> None:
         self.config = config
+        self.secrets = secrets or JobSecrets()
+        self.credentials = (
+            msgspec.convert(self.secrets.credentials, Credentials)
+            if self.secrets.credentials
+            else None
+        )
+        secret_values = self.secrets.values()
+        if self.credentials is not None:
+            secret_values += self.credentials.secret_values()
+        self.masker = SecretMasker(secret_values) if secret_values else None
         self.docker = docker
         self.js = js
         self.job = job
@@ -113,6 +129,8 @@ class JobRunner:
         self.labels = {LABEL_JOB: job.job_id, LABEL_RUN: run_id}
         self.commit = ""
         self._progress = _Progress()
+        # One budget for the whole run, so that many steps cannot each log the max.
+        self.log_budget = LogBudget.for_executor(config.executor)
         self._archive = Path()
         self.artifacts = ArtifactCollector(
             config, docker.docker, emit, job.job_id, run_id, attempt
@@ -121,7 +139,13 @@ class JobRunner:
     async def run(self) -> RunResult:
         """Run the whole attempt and return its outcome."""
         system = StepLog(
-            self.js, self.job.job_id, self.run_id, SYSTEM_STEP, self.attempt
+            self.js,
+            self.job.job_id,
+            self.run_id,
+            SYSTEM_STEP,
+            self.attempt,
+            masker=self.masker,
+            budget=self.log_budget,
         )
         system.start()
         workdir = make_workdir(self.config.workspace_root, self.run_id)
@@ -209,6 +233,10 @@ class JobRunner:
                 workdir / "src",
                 float(self.config.executor.timeouts.clone),
                 output,
+                credentials=self.credentials,
+                depth=repository.depth,
+                submodules=repository.submodules,
+                lfs=repository.lfs,
             )
         except CloneError as exc:
             for line in output:
@@ -410,7 +438,15 @@ class JobRunner:
                 labels={**self.labels, LABEL_STEP: step.name},
             )
         )
-        step_log = StepLog(self.js, self.job.job_id, self.run_id, step.name, attempt)
+        step_log = StepLog(
+            self.js,
+            self.job.job_id,
+            self.run_id,
+            step.name,
+            attempt,
+            masker=self.masker,
+            budget=self.log_budget,
+        )
         try:
             await self._upload_source(container)
             missing = await self._missing_shell(container, pipeline, step, env)
@@ -557,7 +593,10 @@ class JobRunner:
             "CI_STEP_ATTEMPT": str(attempt),
             "CI_TRIGGER": job.trigger,
         }
-        return pipeline.step_env(step, predefined, job.env)
+        # Secret variables act like submitted ones; a name in both is rejected
+        # at submission.
+        submitted = {**job.env, **self.secrets.variables}
+        return pipeline.step_env(step, predefined, submitted)
 
 
 def build_script(commands: tuple[str, ...] | list[str]) -> str:

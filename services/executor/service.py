@@ -35,10 +35,12 @@ from libs.events import (
 from libs.events.fold import RunState
 from libs.events.journal import append, read_job
 from libs.events.streams import dispatch_consumer_config, ensure_consumer
-from services.runtime import ServiceState, connect_jetstream
+from libs.secrets import JobSecrets, SecretsUnavailable
+from services.runtime import ServiceState, connect_jetstream, open_vault
 
 from .docker_runner import DockerRunner, StopRequest
-from .job_runner import JobRunner
+from .heartbeat import Heartbeat
+from .job_runner import JobRunner, RunResult
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,9 @@ log = logging.getLogger(__name__)
 class Executor:
     """Runs dispatched runs in Docker; see the module docstring."""
 
-    def __init__(self, config: Config, nats_url: str | None = None) -> None:
+    def __init__(
+        self, config: Config, nats_url: str | None = None, labels: tuple[str, ...] = ()
+    ) -> None:
         self.config = config
         self.state = ServiceState.CREATED
         self._nats_url = nats_url
@@ -57,6 +61,10 @@ class Executor:
         self._puller: asyncio.Task[None] | None = None
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, StopRequest] = {}
+        cfg = config.executor
+        self._heartbeat = Heartbeat(
+            cfg.id, cfg.pool, labels, cfg.max_concurrent_jobs, lambda: len(self._runs)
+        )
 
     @property
     def busy_slots(self) -> int:
@@ -80,11 +88,13 @@ class Executor:
         self._nc, self._js = await connect_jetstream(
             self.config, f"stasis-executor-{cfg.id}", self._nats_url
         )
+        self._vault = await open_vault(self._js, self.config)
         await ensure_consumer(
             self._js,
             subjects.DISPATCH_STREAM,
             dispatch_consumer_config(cfg.pool, float(self.config.nats.ack_wait)),
         )
+        await self._heartbeat.start(self._js, self.config.nats.replicas)
         self._cancel_sub = await self._nc.subscribe(
             f"{subjects.JOBS_PREFIX}.*", cb=self._on_job_event
         )
@@ -100,6 +110,7 @@ class Executor:
     async def stop(self) -> None:
         """Stop pulling, cancel running runs (recording them), and disconnect."""
         self.state = ServiceState.STOPPING
+        await self._heartbeat.stop()
         if self._puller is not None:
             self._puller.cancel()
             await asyncio.gather(self._puller, return_exceptions=True)
@@ -149,6 +160,8 @@ class Executor:
         task.add_done_callback(finished)
 
     async def _handle(self, msg: Msg, job_id: str, run_id: str) -> None:
+        if await self._heartbeat.declines(msg):
+            return
         keeper = asyncio.create_task(self._keep_alive(msg))
         try:
             await self._claim_and_run(msg, job_id, run_id)
@@ -274,6 +287,11 @@ class Executor:
             assert self._js is not None
             await append(self._js, event, msg_id=f"{run_id}:{attempt}:{key}")
 
+        try:
+            secrets = await self._secrets_of(job)
+        except SecretsUnavailable as exc:
+            await self._finish(job, run_id, RunResult("failed", str(exc)), started)
+            return
         runner = JobRunner(
             self.config,
             DockerRunner(self._docker, self.config.executor),
@@ -283,8 +301,27 @@ class Executor:
             attempt,
             emit,
             stop,
+            secrets,
         )
-        result = await runner.run()
+        try:
+            result = await runner.run()
+        finally:
+            if secrets is not None:
+                # Secrets live only as long as the run that needs them.
+                await self._vault.purge(job.job_id)
+        if runner.masker is not None:
+            result.reason = runner.masker.mask(result.reason)
+        await self._finish(job, run_id, result, started)
+
+    async def _secrets_of(self, job: JobState) -> JobSecrets | None:
+        if not job.secret_names and not job.credentials_kind:
+            return None
+        return await self._vault.get(job.job_id)
+
+    async def _finish(
+        self, job: JobState, run_id: str, result: RunResult, started: float
+    ) -> None:
+        assert self._js is not None
         duration = time.monotonic() - started
         await append(
             self._js,

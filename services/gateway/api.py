@@ -23,7 +23,10 @@ from libs.events.ids import is_valid_id
 from libs.events.journal import append, read_job, read_subject
 from libs.events.schema import events_json_schema
 from libs.pipeline import pipeline_json_schema
+from libs.secrets import JobSecrets, SecretVault
 from services.executor.capture import strip_control
+from services.executor.credentials import Credentials
+from services.executor.logs import chunk_bytes
 
 from .models import (
     JobAccepted,
@@ -39,6 +42,7 @@ from .sse import JobStream, parse_last_event_id
 log = logging.getLogger(__name__)
 
 JS_KEY = web.AppKey("js", JetStreamContext)
+VAULT_KEY = web.AppKey("vault", SecretVault)
 PROJECTION_KEY = web.AppKey("projection", Projection)
 CONFIG_KEY = web.AppKey("config", Config)
 
@@ -79,6 +83,7 @@ async def submit_job(request: web.Request) -> web.Response:
     problems = validate_request(job_request)
     if problems:
         raise ProblemError(422, "Invalid job request", "; ".join(problems))
+    secrets = _job_secrets(job_request)
 
     repo = job_request.repository
     event = JobSubmitted(
@@ -99,12 +104,20 @@ async def submit_job(request: web.Request) -> web.Response:
         concurrency_group=job_request.concurrency_group,
         cancel_in_progress=job_request.cancel_in_progress,
         labels=job_request.labels,
+        secret_names=sorted(job_request.secrets),
+        credentials_kind=_credentials_kind(secrets),
     )
     key = request.headers.get("Idempotency-Key")
     js = request.app[JS_KEY]
+    vault = request.app[VAULT_KEY]
+    if secrets.variables or secrets.credentials:
+        await vault.put(event.job_id, secrets)
     seq = await append(js, event, msg_id=f"submit:{key}" if key else None)
     if key:
+        made_up = event.job_id
         event = await _original_submission(js, seq, event)
+        if event.job_id != made_up and (secrets.variables or secrets.credentials):
+            await vault.purge(made_up)
 
     base = base_url(request)
     accepted = JobAccepted(
@@ -118,6 +131,32 @@ async def submit_job(request: web.Request) -> web.Response:
     return json_response(
         accepted, status=202, Location=accepted.links.self, **{"Stasis-Seq": str(seq)}
     )
+
+
+def _job_secrets(job_request: JobRequest) -> JobSecrets:
+    """Check the secret variables and credentials of a request and pack them."""
+    clash = sorted(set(job_request.secrets) & set(job_request.env))
+    if clash:
+        raise ProblemError(
+            422,
+            "Invalid job request",
+            f"{', '.join(clash)} given both in env and in secrets; keep each name "
+            "in one of them",
+        )
+    credentials = None
+    if job_request.credentials is not None:
+        credentials = msgspec.to_builtins(job_request.credentials)
+        try:
+            msgspec.convert(credentials, Credentials)
+        except msgspec.ValidationError as exc:
+            raise ProblemError(422, "Invalid credentials", str(exc)) from exc
+    return JobSecrets(variables=job_request.secrets, credentials=credentials)
+
+
+def _credentials_kind(secrets: JobSecrets) -> str | None:
+    if secrets.credentials is None:
+        return None
+    return msgspec.convert(secrets.credentials, Credentials).kind
 
 
 async def _original_submission(
@@ -184,14 +223,17 @@ async def list_events(request: web.Request) -> web.Response:
     )
 
 
-LOG_FORMATS = ("text", "plain", "json")
+LOG_FORMATS = ("text", "plain", "json", "raw")
 
 
 async def get_logs(request: web.Request) -> web.Response:
-    """Return a run's log: as written (`text`), without control codes, or as JSON.
+    """Return a run's log as written (`text`), without control codes, as JSON or raw.
 
-    `run` picks a run (default: the last), `step` one step, and `since` returns
-    only chunks after that logs-stream sequence (from a previous JSON answer).
+    `text` and `plain` are UTF-8 with U+FFFD for invalid bytes and the
+    continuation mark after a piece of a long line; `raw` is the output bytes
+    exactly, as `application/octet-stream`. `run` picks a run (default: the
+    last), `step` one step, and `since` returns only chunks after that
+    logs-stream sequence (from a previous JSON answer).
     """
     job_id = await job_or_404(request)
     job = request.app[PROJECTION_KEY].get(job_id)
@@ -228,6 +270,9 @@ async def get_logs(request: web.Request) -> web.Response:
             for m in messages
         ]
         return json_response({"job_id": job_id, "run_id": run_id, "chunks": chunks})
+    if log_format == "raw":
+        body = b"".join(chunk_bytes(decode_chunk(m.data)) for m in messages)
+        return web.Response(body=body, content_type="application/octet-stream")
     text = "".join(decode_chunk(m.data).data for m in messages)
     if log_format == "plain":
         text = strip_control(text)
@@ -290,6 +335,13 @@ async def retry_job(request: web.Request) -> web.Response:
             "Job cannot be retried",
             f"the last run {last.run_id} of job {job_id} is {last.status!r}; only a "
             f"run that ended {', '.join(sorted(RETRYABLE))} can be retried",
+        )
+    if job.secret_names or job.credentials_kind:
+        raise ProblemError(
+            409,
+            "Job cannot be retried",
+            f"job {job_id} used secrets or clone credentials, which are deleted when "
+            "a run ends; submit it again (or replay it) with them",
         )
     event = RunRequested(job_id=job_id, run_id=new_id(), previous_run_id=last.run_id)
     try:

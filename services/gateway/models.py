@@ -101,7 +101,7 @@ def validate_request(request: JobRequest) -> list[str]:
                 f"repository.{name} {value!r} is not a valid git ref; use letters, "
                 "digits and ._/@+- without '..'"
             )
-    for name in request.env:
+    for name in [*request.env, *request.secrets]:
         if not _ENV_NAME.match(name):
             problems.append(
                 f"env name {name!r} is invalid; use letters, digits and '_', "

@@ -11,12 +11,16 @@ from nats.js import JetStreamContext
 from libs.artifacts import ArtifactStore
 from libs.artifacts.from_config import store_from_config
 from libs.config import Config
-from services.runtime import ServiceState, connect_jetstream
+from libs.units import parse_size
+from services.runtime import ServiceState, connect_jetstream, open_vault
 
-from .api import CONFIG_KEY, JS_KEY, PROJECTION_KEY, add_routes
+from .api import CONFIG_KEY, JS_KEY, PROJECTION_KEY, VAULT_KEY, add_routes
 from .artifacts import STORE_KEY, add_artifact_routes
+from .auth import AUTHENTICATOR_KEY, Authenticator, authenticate, check_job_access
+from .openapi import add_docs_routes
 from .problems import ProblemError, problem
 from .projection import Projection
+from .ratelimit import LIMITS_KEY, RequestLimits, apply_limits
 from .retention import retention_loop
 
 log = logging.getLogger(__name__)
@@ -63,9 +67,18 @@ class Gateway:
 
     def make_app(self) -> web.Application:
         """Build the aiohttp application (connected state is added in start)."""
-        app = web.Application(middlewares=[problem_middleware])
+        auth = self.config.auth
+        # Order matters: the key is identified before the limits that count per
+        # key, and job ownership is checked last, just before the handler.
+        app = web.Application(
+            middlewares=[problem_middleware, authenticate, apply_limits, check_job_access],
+            client_max_size=parse_size(auth.max_body_bytes),
+        )
+        app[AUTHENTICATOR_KEY] = Authenticator.from_config(auth)
+        app[LIMITS_KEY] = RequestLimits(auth)
         add_routes(app)
         add_artifact_routes(app)
+        add_docs_routes(app)
         return app
 
     async def start(self) -> None:
@@ -79,6 +92,7 @@ class Gateway:
         app[JS_KEY] = js
         app[PROJECTION_KEY] = self.projection
         app[CONFIG_KEY] = self.config
+        app[VAULT_KEY] = await open_vault(js, self.config)
         self._store = store_from_config(self.config)
         app[STORE_KEY] = self._store
         retention = self.config.artifacts.retention
