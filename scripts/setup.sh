@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 
 apt_packages=(docker.io busybox-static git git-lfs openssh-server debootstrap ca-certificates)
 missing=()
+# Node.js runs the test that follows a job with a NATS client Stasis did not
+# write; machines that already have node keep theirs.
+command -v node >/dev/null 2>&1 || apt_packages+=(nodejs npm)
 for package in "${apt_packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
@@ -24,6 +27,8 @@ if [[ ! -x .venv/bin/python ]]; then
     python3 -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+
+(cd tests/node && npm ci --no-audit --no-fund --silent)
 
 bash scripts/build-test-image.sh
 echo "setup: done"
