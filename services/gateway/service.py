@@ -71,7 +71,12 @@ class Gateway:
         # Order matters: the key is identified before the limits that count per
         # key, and job ownership is checked last, just before the handler.
         app = web.Application(
-            middlewares=[problem_middleware, authenticate, apply_limits, check_job_access],
+            middlewares=[
+                problem_middleware,
+                authenticate,
+                apply_limits,
+                check_job_access,
+            ],
             client_max_size=parse_size(auth.max_body_bytes),
         )
         app[AUTHENTICATOR_KEY] = Authenticator.from_config(auth)
