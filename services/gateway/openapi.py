@@ -6,6 +6,7 @@ Bodies that the handlers build as dicts are described by the structs below,
 which mirror those dicts field for field.
 """
 
+import importlib
 import typing
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from aiohttp import web
 from libs.events import AnyEvent, LogChunk
 
 from .auth import AUTHENTICATOR_KEY, Authenticator
-from .models import JobAccepted, JobRequest, JobView
+from .models import JobAccepted, JobView
 from .problems import PROBLEM_TYPE, Problem, ProblemError
 from .ratelimit import SSE_ROUTES
 
@@ -35,7 +36,7 @@ class JobList(msgspec.Struct, kw_only=True):
 
 
 class RunAction(msgspec.Struct, kw_only=True):
-    """The answer to a cancel or retry: the run it concerns and the append."""
+    """The response to a cancel or retry: the run it concerns and the append."""
 
     job_id: str
     run_id: str
@@ -106,7 +107,7 @@ class ArtifactList(msgspec.Struct, kw_only=True):
 
 
 class ArtifactUploaded(msgspec.Struct, kw_only=True):
-    """The answer to an upload."""
+    """The response to an upload."""
 
     name: str
     size: int
@@ -122,7 +123,6 @@ class StreamEnd(msgspec.Struct, kw_only=True):
 
 
 SCHEMA_TYPES: tuple[Any, ...] = (
-    JobRequest,
     JobAccepted,
     JobView,
     JobList,
@@ -271,13 +271,16 @@ READ_JOB = ("job_id", "min_seq", "Stasis-Min-Seq")
 
 
 class Operation(msgspec.Struct, frozen=True, kw_only=True):
-    """What the document says of one route: summary, parameters and answers."""
+    """The document's entry for one route: summary, parameters and responses."""
 
     summary: str
     tag: str
     responses: dict[str, dict[str, Any]]
     parameters: tuple[str, ...] = ()
     request_body: dict[str, Any] | None = None
+    json_body: str = ""
+    """Struct of a JSON request body as `module:Name`, imported only when the
+    route is registered, so an entry may come before its handler's module."""
     description: str = ""
 
 
@@ -300,10 +303,7 @@ def _operations() -> dict[tuple[str, str], Operation]:
             summary="Submit a job",
             tag="jobs",
             parameters=("Idempotency-Key",),
-            request_body={
-                "required": True,
-                "content": {"application/json": {"schema": _ref("JobRequest")}},
-            },
+            json_body="services.gateway.models:JobRequest",
             responses={
                 "202": _json("JobAccepted", "Submitted.", ("Location", "Stasis-Seq")),
                 "400": _problem("The body is not JSON."),
@@ -344,6 +344,19 @@ def _operations() -> dict[tuple[str, str], Operation]:
                 "202": _json("RunAction", "A new run was requested.", ("Stasis-Seq",)),
                 "404": NOT_FOUND,
                 "409": _problem("The last run cannot be retried, or the job changed."),
+            },
+        ),
+        ("post", "/api/v1/jobs/{job_id}/replay"): Operation(
+            summary="Submit a new job copied from this one, with overrides",
+            tag="jobs",
+            parameters=READ_JOB,
+            json_body="services.gateway.replay:ReplayRequest",
+            responses={
+                "202": _json("JobAccepted", "Submitted.", ("Location", "Stasis-Seq")),
+                "400": _problem("The body is not JSON."),
+                "404": NOT_FOUND,
+                "413": _problem("The body exceeds `auth.max_body_bytes`."),
+                "422": _problem("The body is not a valid replay request."),
             },
         ),
         ("get", "/api/v1/jobs/{job_id}/events"): Operation(
@@ -488,7 +501,7 @@ HEADERS: dict[str, dict[str, Any]] = {
 def registered_routes(app: web.Application) -> set[tuple[str, str]]:
     """Return (method, path template) of every route of `app`, HEAD excluded.
 
-    aiohttp adds a HEAD route beside every GET; HEAD answers like GET without
+    aiohttp adds a HEAD route beside every GET; HEAD responds like GET without
     a body, so the document leaves it out.
     """
     routes = set()
@@ -502,11 +515,8 @@ def registered_routes(app: web.Application) -> set[tuple[str, str]]:
 
 def build_openapi(routes: set[tuple[str, str]], auth: Authenticator) -> dict[str, Any]:
     """Return the OpenAPI 3.1 document of `routes` under the auth settings `auth`."""
-    (schemas_refs, components) = msgspec.json.schema_components(
-        SCHEMA_TYPES, ref_template=_REF
-    )
-    del schemas_refs
     paths: dict[str, dict[str, Any]] = {}
+    body_types = []
     for method, path in sorted(routes):
         operation = OPERATIONS.get((method, path))
         if operation is None:
@@ -514,6 +524,11 @@ def build_openapi(routes: set[tuple[str, str]], auth: Authenticator) -> dict[str
         paths.setdefault(path, {})[method] = _operation_object(
             method, path, operation, auth
         )
+        if operation.json_body:
+            body_types.append(_import_type(operation.json_body))
+    _, components = msgspec.json.schema_components(
+        (*SCHEMA_TYPES, *body_types), ref_template=_REF
+    )
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -574,9 +589,20 @@ def _operation_object(
         result["parameters"] = [PARAMETERS[name] for name in operation.parameters]
     if operation.request_body is not None:
         result["requestBody"] = operation.request_body
+    if operation.json_body:
+        name = operation.json_body.partition(":")[2]
+        result["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(name)}},
+        }
     if auth.enabled and auth.is_public(path):
         result["security"] = []
     return result
+
+
+def _import_type(spec: str) -> Any:
+    module_name, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module_name), name)
 
 
 def _operation_id(method: str, path: str) -> str:
@@ -594,12 +620,14 @@ def openapi_for(app: web.Application) -> dict[str, Any]:
 
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-"""Where `scripts/build-scalar.sh` puts the Scalar bundle."""
+"""Folder that `scripts/build-scalar.sh` writes the Scalar bundle into."""
 SCALAR_BUNDLE = "scalar.js"
 BUILD_HINT = "run scripts/build-scalar.sh on the gateway's host, then reload"
 
-# The page loads everything from the gateway: Scalar's own fonts and telemetry
-# are off, and the CSP keeps the browser from fetching anything elsewhere.
+# The page loads everything from the gateway. Scalar's web fonts, telemetry,
+# hosted-service toolbar and AI agent are off (option names of
+# @scalar/api-reference 1.76), and the CSP keeps the browser from fetching
+# anything from another origin.
 _PAGE = """<!doctype html>
 <html lang="en">
   <head>
@@ -615,6 +643,9 @@ _PAGE = """<!doctype html>
         url: "/api-docs/openapi.json",
         withDefaultFonts: false,
         telemetry: false,
+        showDeveloperTools: "never",
+        agent: { disabled: true },
+        hideClientButton: false,
       });
     </script>
   </body>

@@ -1,5 +1,5 @@
 """Request limits of the gateway: a token bucket per API key, open SSE streams
-per key, and the 413 answer for a body over `auth.max_body_bytes`.
+per key, and the 413 response to a body over `auth.max_body_bytes`.
 
 The per-key limits apply only to authenticated requests, so they are off with
 `auth.enabled` false and on public paths. State is in memory and per process:
@@ -21,7 +21,7 @@ from .auth import caller_of, route_path
 from .problems import ProblemError, problem
 
 SSE_ROUTES = frozenset({"/api/v1/jobs/{job_id}/stream"})
-"""Route templates that answer with a Server-Sent Events stream."""
+"""Route templates that respond with a Server-Sent Events stream."""
 
 
 class TokenBucket:
@@ -115,7 +115,7 @@ LIMITS_KEY = web.AppKey("request_limits", RequestLimits)
 
 @web.middleware
 async def apply_limits(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Apply the caller's rate and stream limits, and answer 413 for a large body."""
+    """Apply the caller's rate and stream limits, and return 413 for a large body."""
     limits = request.app[LIMITS_KEY]
     caller = caller_of(request)
     if caller is not None:
