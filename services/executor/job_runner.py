@@ -129,7 +129,7 @@ class JobRunner:
         self.labels = {LABEL_JOB: job.job_id, LABEL_RUN: run_id}
         self.commit = ""
         self._progress = _Progress()
-        # One budget for the whole run, so that many steps cannot each log the max.
+        # One budget for the whole run, so that many steps cannot each log the maximum.
         self.log_budget = LogBudget.for_executor(config.executor)
         self._archive = Path()
         self.artifacts = ArtifactCollector(
@@ -337,6 +337,8 @@ class JobRunner:
             return "the run was cancelled, which is not a failure (when: on_failure)"
         if step.when == "on_failure" and not failing:
             return "no earlier step failed or timed out (when: on_failure)"
+        if step.when == "always" and self.stop.hurry.is_set():
+            return "a second cancel request skips clean-up steps (when: always)"
         if step.if_ is not None and not compile_expression(step.if_).evaluate(env):
             return f"if condition {step.if_!r} is false"
         return ""

@@ -85,6 +85,7 @@ class Runner:
         trigger: str = "manual",
         branch: str | None = None,
         cancel_when_running: str | None = None,
+        cancels: int = 1,
     ) -> Finished:
         """Submit a job, wait for its end over SSE and check its cleanup."""
         repository: dict[str, str] = {"url": str(repo)}
@@ -103,7 +104,9 @@ class Runner:
             canceller = None
             if cancel_when_running:
                 canceller = asyncio.create_task(
-                    self._cancel_when_running(client, job_id, cancel_when_running)
+                    self._cancel_when_running(
+                        client, job_id, cancel_when_running, cancels
+                    )
                 )
             async with asyncio.timeout(60):
                 sse = [event async for event in client.stream(job_id)]
@@ -126,7 +129,7 @@ class Runner:
         return finished
 
     async def _cancel_when_running(
-        self, client: GatewayClient, job_id: str, step: str
+        self, client: GatewayClient, job_id: str, step: str, times: int = 1
     ) -> None:
         async def running() -> bool:
             job = await client.request("GET", f"/api/v1/jobs/{job_id}")
@@ -134,7 +137,8 @@ class Runner:
             return step in steps and steps[step]["status"] == "running"
 
         await wait_until(running, timeout=20)
-        await client.request("DELETE", f"/api/v1/jobs/{job_id}")
+        for _ in range(times):
+            await client.request("DELETE", f"/api/v1/jobs/{job_id}")
 
     async def _assert_cleaned_up(self, run_id: str) -> None:
         label = {"label": [f"stasis.run_id={run_id}"]}
@@ -726,3 +730,28 @@ async def test_invalid_pipeline_names_position(
     assert finished.run["reason"].startswith(f"invalid pipeline: {start}")
     assert start in finished.log_text
     assert finished.containers_created == []
+
+
+DOUBLE_CANCEL_PIPELINE = f"""
+image: {TEST_IMAGE}
+steps:
+  stubborn:
+    scripts: ["trap '' TERM; echo waiting; sleep 30"]
+  cleanup:
+    type: post
+    when: always
+    scripts: ["echo cleanup ran"]
+"""
+
+
+async def test_second_cancel_skips_cleanup(runner: Runner) -> None:
+    finished = await runner.run(
+        runner.repo(DOUBLE_CANCEL_PIPELINE), cancel_when_running="stubborn", cancels=2
+    )
+
+    assert finished.job["status"] == "cancelled"
+    assert finished.steps["stubborn"]["status"] == "cancelled"
+    assert finished.steps["cleanup"]["status"] == "skipped"
+    assert "second cancel" in finished.steps["cleanup"]["reason"]
+    assert "cleanup ran" not in finished.log_text
+    assert finished.seconds < 20
