@@ -1,5 +1,6 @@
 """Loading and validating the configuration file and its environment overrides."""
 
+import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,6 +41,9 @@ _SIZES = (
 # Lists of mappings have no sensible one-line form; they are set in the file.
 _FILE_ONLY = frozenset({"logsink.forward"})
 
+CLIENT_VARIABLES = frozenset({"STASIS_URL", "STASIS_API_KEY", "STASIS_TEST_IMAGE"})
+"""`STASIS_*` variables that the CLI and tests read, not configuration keys."""
+
 
 class ConfigError(Exception):
     """Raised for a configuration that cannot be read or is invalid."""
@@ -76,34 +80,54 @@ def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, Any]]:
     """Return (dotted key, value) for each `STASIS_*` variable naming a known key.
 
     `STASIS_EXECUTOR_MAX_CONCURRENT_JOBS` sets `executor.max_concurrent_jobs`;
-    list values such as `auth.api_keys` are comma-separated.
+    list values such as `auth.api_keys` are comma-separated. A `STASIS_*`
+    variable that names no key raises ConfigError, so a typo in a setting
+    such as `STASIS_EXECUTOR_NETWORK` cannot pass silently.
     """
+    leaves = {key: kind for key, kind in _leaf_keys_with_types(Config)}
     known = {
         ENV_PREFIX + key.replace(".", "_").upper(): key
-        for key in _leaf_keys(Config)
+        for key in leaves
         if key not in _FILE_ONLY
     }
     found: list[tuple[str, Any]] = []
     for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in CLIENT_VARIABLES:
+            continue
         key = known.get(name)
         if key is None:
-            continue
-        if key == "auth.api_keys":
+            raise ConfigError(_unknown_variable(name, known))
+        if _is_list(leaves[key]):
             found.append((key, [v.strip() for v in value.split(",") if v.strip()]))
         else:
             found.append((key, value))
     return found
 
 
-def _leaf_keys(struct_type: type, prefix: str = "") -> list[str]:
-    keys = []
+def _unknown_variable(name: str, known: Mapping[str, str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return (
+        f"unknown environment variable {name}: no configuration key has that "
+        f"name{hint} Remove it, or see docs/configuration.md for the names"
+    )
+
+
+def _is_list(annotation: object) -> bool:
+    return getattr(annotation, "__origin__", None) is list
+
+
+def _leaf_keys_with_types(
+    struct_type: type, prefix: str = ""
+) -> list[tuple[str, object]]:
+    leaves: list[tuple[str, object]] = []
     for field in msgspec.structs.fields(struct_type):
         name = prefix + field.name
         if isinstance(field.type, type) and issubclass(field.type, msgspec.Struct):
-            keys.extend(_leaf_keys(field.type, name + "."))
+            leaves.extend(_leaf_keys_with_types(field.type, name + "."))
         else:
-            keys.append(name)
-    return keys
+            leaves.append((name, field.type))
+    return leaves
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -156,6 +180,11 @@ def _normalize(config: Config, source: str) -> None:
                 continue
             raise ConfigError(f"invalid {key} in {source}: {exc}") from exc
         setattr(node, leaf, value)
+    if not 0 <= config.server.port <= 65535:
+        raise ConfigError(
+            f"invalid server.port {config.server.port!r} in {source}: use 1 to 65535, "
+            "or 0 for a free port"
+        )
     if config.executor.max_concurrent_jobs < 1:
         raise ConfigError(
             f"invalid executor.max_concurrent_jobs "
