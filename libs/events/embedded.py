@@ -6,9 +6,11 @@ every job again.
 """
 
 import asyncio
+import ctypes
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import sysconfig
@@ -47,6 +49,23 @@ def free_port() -> int:
         return port
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to send the server SIGTERM when the stasis process dies.
+
+    Without it a `kill -9` of stasis leaves the server running on its store,
+    and the next start would put a second server on the same files.
+    """
+    # NOTE: this runs between fork and exec; it only calls prctl, which takes
+    # no lock, so the other threads of the parent cannot deadlock it.
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 class EmbeddedNats:
     """A nats-server child process; use `async with` or start() and stop()."""
 
@@ -54,6 +73,7 @@ class EmbeddedNats:
         self.store_dir = Path(store_dir)
         self.port = port or free_port()
         self.log_file = self.store_dir.parent / "nats-server.log"
+        self.pid_file = self.store_dir.parent / "nats-server.pid"
         self._process: asyncio.subprocess.Process | None = None
 
     @property
@@ -62,8 +82,13 @@ class EmbeddedNats:
         return f"nats://127.0.0.1:{self.port}"
 
     async def start(self, ready_timeout: float = 10.0) -> None:
-        """Start the server and wait until it accepts connections."""
+        """Start the server and wait until it accepts connections.
+
+        Raises EmbeddedNatsError when another live nats-server uses the same
+        store directory, because two servers on one store damage it.
+        """
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        self._check_store_free()
         binary = find_nats_server()
         self._process = await asyncio.create_subprocess_exec(
             binary,
@@ -80,7 +105,9 @@ class EmbeddedNats:
             str(self.log_file),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
+        self.pid_file.write_text(f"{self._process.pid}\n")
         try:
             await asyncio.wait_for(self._wait_ready(), ready_timeout)
         except TimeoutError as exc:
@@ -111,6 +138,19 @@ class EmbeddedNats:
             await writer.wait_closed()
             return
 
+    def _check_store_free(self) -> None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if b"nats-server" in cmdline and str(self.store_dir).encode() in cmdline:
+            raise EmbeddedNatsError(
+                f"nats-server process {pid} still uses the store {self.store_dir}, "
+                "probably left by a stasis process that was killed; stop it "
+                f"(kill {pid}) or use another data directory"
+            )
+
     def _log_tail(self) -> str:
         try:
             return self.log_file.read_text(errors="replace").strip()[-500:]
@@ -131,6 +171,7 @@ class EmbeddedNats:
             )
             process.kill()
             await process.wait()
+        self.pid_file.unlink(missing_ok=True)
         log.info("embedded nats-server stopped")
 
     async def __aenter__(self) -> "EmbeddedNats":

@@ -237,6 +237,8 @@ class LogChunk(msgspec.Struct, frozen=True, kw_only=True):
 
     `seq` counts the chunks of one step attempt from 1, so a reader can tell a
     gap from a pause. `stream` is "stdout", "stderr" or "system" (executor notes).
+    `data` is the output as text: invalid UTF-8 becomes U+FFFD, and a piece cut
+    from a long line ends with the continuation mark "\u21a9\n".
     """
 
     job_id: str
@@ -247,6 +249,14 @@ class LogChunk(msgspec.Struct, frozen=True, kw_only=True):
     data: str
     attempt: int = 1
     at: datetime = msgspec.field(default_factory=utc_now)
+    raw_b64: str | None = None
+    """Base64 of the output bytes, set only when they differ from `data` in UTF-8.
+
+    Invalid UTF-8 and continuation marks make them differ. None means the bytes
+    are `data.encode("utf-8")`.
+    """
+    final: bool = False
+    """True on the last chunk of a step attempt's log, which carries no output."""
 
 
 def event_tag(event: Event) -> str:

@@ -12,7 +12,7 @@ class ApiError(Exception):
     """Raised for an error answer of the gateway, with its problem detail."""
 
     def __init__(self, status: int, detail: str) -> None:
-        super().__init__(f"HTTP {status}: {detail}")
+        super().__init__(f"HTTP {status}: {detail}" if status else detail)
         self.status = status
         self.detail = detail
 

@@ -229,11 +229,11 @@ LOG_FORMATS = ("text", "plain", "json", "raw")
 async def get_logs(request: web.Request) -> web.Response:
     """Return a run's log as written (`text`), without control codes, as JSON or raw.
 
-    `text` and `plain` are UTF-8 with U+FFFD for invalid bytes and the
-    continuation mark after a piece of a long line; `raw` is the output bytes
-    exactly, as `application/octet-stream`. `run` picks a run (default: the
-    last), `step` one step, and `since` returns only chunks after that
-    logs-stream sequence (from a previous JSON answer).
+    `text` and `plain` are UTF-8 with U+FFFD for invalid bytes and with the
+    continuation mark after each piece cut from a long line. `raw` is the output
+    bytes exactly, as `application/octet-stream`. `run` picks a run (default:
+    the last), `step` one step, and `since` returns only chunks after that
+    logs-stream sequence (from a previous JSON response).
     """
     job_id = await job_or_404(request)
     job = request.app[PROJECTION_KEY].get(job_id)

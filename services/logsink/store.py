@@ -1,6 +1,8 @@
 """Log files on disk, appended exactly once per chunk across crashes.
 
-Each step's log is `<root>/<job_id>/<run_id>/<step>.log`. Beside it,
+Each step's log is `<root>/<job_id>/<run_id>/<step>.log`. It holds the output
+bytes as the step wrote them, invalid UTF-8 included, with no continuation
+marks, and the executor's notes as UTF-8 lines. Beside it,
 `<step>.log.pos` records the stream sequence of the last chunk written and the
 file size after it. Writing a chunk appends and fsyncs the log, then replaces
 the position file; a crash between the two leaves extra bytes that the next
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from libs.events import LogChunk
 from libs.events.subjects import check_token
+from services.executor.logs import chunk_bytes
 
 
 @dataclass
@@ -48,9 +51,7 @@ class LogFileStore:
             return
         stream_seq = entries[-1][0]
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = "".join(chunk.data for chunk in chunks).encode(
-            "utf-8", "surrogateescape"
-        )
+        data = b"".join(chunk_bytes(chunk) for chunk in chunks)
         with open(path, "ab") as log_file:
             if log_file.tell() != position.size:
                 log_file.truncate(position.size)

@@ -1,13 +1,16 @@
-"""Tests of the executor's output capture, plain-text rendering and batching."""
+"""Tests of the executor's output capture, rendering, batching and StepLog."""
 
 import random
 import re
 import time
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from libs.events import LogChunk, decode_chunk, subjects
+from libs.events.journal import read_subject
 from services.executor.capture import (
     CONTINUATION,
     MAX_ESCAPE_BYTES,
@@ -17,6 +20,8 @@ from services.executor.capture import (
     Stream,
     strip_control,
 )
+from services.executor.logs import LogBudget, StepLog, chunk_bytes
+from services.executor.masking import SecretMasker
 
 # A complete CSI or BEL-ended OSC sequence, to check that no piece cuts one.
 ESCAPE = re.compile(rb"\x1b\[[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]|\x1b\][^\x07]*\x07")
@@ -463,3 +468,108 @@ def test_batcher_reports_pending_since() -> None:
     assert batcher.pending_since == 7.0
     assert [batch.first_at for batch in batcher.drain()] == [7.0]
     assert batcher.pending_since is None
+
+
+# StepLog: the capture pipeline end to end on a real NATS server, from output
+# bytes to the chunks stored on the step's subject.
+
+
+async def stored_chunks(js: Any, step: str = "build") -> list[LogChunk]:
+    subject = subjects.log_subject("job1", "run1", step)
+    messages = await read_subject(js, subjects.LOGS_STREAM, subject)
+    return [decode_chunk(message.data) for message in messages]
+
+
+def output_bytes(chunks: list[LogChunk], stream: str = "stdout") -> bytes:
+    return b"".join(chunk_bytes(chunk) for chunk in chunks if chunk.stream == stream)
+
+
+async def test_step_log_masks_raw_bytes(js: Any) -> None:
+    step_log = StepLog(js, "job1", "run1", "build", masker=SecretMasker(["hunter22"]))
+
+    await step_log.write("stdout", b"\xffpass hunter22\n")
+    await step_log.close()
+    chunks = await stored_chunks(js)
+
+    assert chunks[0].data == "\ufffdpass ********\n"
+    assert chunk_bytes(chunks[0]) == b"\xffpass ********\n"
+    assert b"hunter22" not in output_bytes(chunks)
+
+
+async def test_step_log_plain_text_has_no_raw(js: Any) -> None:
+    step_log = StepLog(js, "job1", "run1", "build")
+
+    await step_log.write("stdout", "caf\u00e9\n".encode())
+    await step_log.close()
+    chunks = await stored_chunks(js)
+
+    assert [chunk.raw_b64 for chunk in chunks] == [None, None]
+
+
+async def test_step_log_pipelined_chunks_in_order(js: Any) -> None:
+    step_log = StepLog(js, "job1", "run1", "build", max_batch_bytes=64, max_in_flight=4)
+    data = b"".join(b"line %d\n" % number for number in range(2000))
+
+    for start in range(0, len(data), 1000):
+        await step_log.write("stdout", data[start : start + 1000])
+    last_seq = await step_log.close()
+    chunks = await stored_chunks(js)
+
+    assert output_bytes(chunks) == data
+    assert [chunk.seq for chunk in chunks] == list(range(1, len(chunks) + 1))
+    assert len(chunks) > 100
+    assert chunks[-1].final
+    assert last_seq > 0
+
+
+async def test_step_log_ends_with_final_chunk(js: Any) -> None:
+    step_log = StepLog(js, "job1", "run1", "build")
+
+    await step_log.write("stdout", b"no newline")
+    await step_log.close()
+    await step_log.close()
+    chunks = await stored_chunks(js)
+
+    assert [chunk.data for chunk in chunks] == ["no newline", ""]
+    assert [chunk.final for chunk in chunks] == [False, True]
+
+
+async def test_step_log_truncates_and_keeps_tail(js: Any) -> None:
+    budget = LogBudget(1000)
+    step_log = StepLog(js, "job1", "run1", "build", budget=budget, tail_bytes=100)
+    data = b"".join(b"%04d\n" % number for number in range(2000))
+
+    await step_log.write("stdout", data)
+    await step_log.note("exit code 3")
+    await step_log.close()
+    chunks = await stored_chunks(js)
+    notes = [chunk.data for chunk in chunks if chunk.stream == "system"]
+    output = output_bytes(chunks)
+
+    assert step_log.truncated
+    assert len([note for note in notes if note.startswith("log truncated:")]) == 1
+    assert notes[-2].startswith("log tail: 8900 bytes")
+    assert output == data[:1000] + data[-100:]
+    assert "exit code 3\n" in notes
+
+
+async def test_log_budget_shared_by_steps(js: Any) -> None:
+    budget = LogBudget(10)
+    first = StepLog(js, "job1", "run1", "build", budget=budget, tail_bytes=0)
+    second = StepLog(js, "job1", "run1", "test", budget=budget, tail_bytes=0)
+
+    await first.write("stdout", b"12345678\n")
+    await second.write("stdout", b"abc\n")
+    await first.close()
+    await second.close()
+    second_chunks = await stored_chunks(js, "test")
+
+    assert not first.truncated
+    assert second.truncated
+    assert output_bytes(second_chunks) == b""
+    assert second_chunks[0].data.startswith("log truncated:")
+
+
+def test_log_budget_rejects_negative_size() -> None:
+    with pytest.raises(ValueError, match="invalid max_log_bytes -1"):
+        LogBudget(-1)
