@@ -29,6 +29,8 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
 
 (cd tests/node && npm ci --no-audit --no-fund --silent)
+# The API reference page serves Scalar's bundle itself, so it needs no internet.
+bash scripts/build-scalar.sh
 
 bash scripts/build-test-image.sh
 echo "setup: done"
