@@ -24,7 +24,9 @@ from .types import (
     JobSubmitted,
     PipelineLoaded,
     Repository,
+    RunDispatched,
     RunFinished,
+    RunHeld,
     RunRequested,
     RunStarted,
     SourceCheckedOut,
@@ -103,6 +105,11 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
     duration_s: float = 0.0
     last_log_seq: int = 0
+    queue_position: int | None = None
+    """Place in the pool's queue from 1 while the scheduler holds the run."""
+    queue_reason: str = ""
+    """Why the scheduler holds the run; kept after it ends without starting."""
+    dispatched_at: datetime | None = None
 
     @property
     def finished(self) -> bool:
@@ -234,7 +241,23 @@ def _apply_to_run(run: RunState, event: AnyEvent) -> RunState:
             return replace(run, cancel_requested=True)
         case JobQueued():
             _require_status(run, event, {"submitted"})
-            return replace(run, status="queued", queued_at=event.at)
+            return replace(
+                run,
+                status="queued",
+                queued_at=event.at,
+                queue_position=event.position,
+                queue_reason=event.reason,
+            )
+        case RunHeld():
+            _require_status(run, event, {"queued"})
+            return replace(
+                run, queue_position=event.position, queue_reason=event.reason
+            )
+        case RunDispatched():
+            _require_status(run, event, {"queued"})
+            return replace(
+                run, dispatched_at=event.at, queue_position=None, queue_reason=""
+            )
         case RunStarted():
             if run.status == "running" and event.attempt > run.attempt:
                 return replace(
@@ -247,6 +270,8 @@ def _apply_to_run(run: RunState, event: AnyEvent) -> RunState:
                 started_at=event.at,
                 executor_id=event.executor_id,
                 attempt=event.attempt,
+                queue_position=None,
+                queue_reason="",
             )
         case AttemptLost():
             _require_status(run, event, {"running"})

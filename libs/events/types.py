@@ -92,6 +92,27 @@ class JobQueued(Event, frozen=True, kw_only=True, tag="job.queued"):
 
     pool: str = "default"
     reason: str = ""
+    """Why the run waits; "" when the scheduler dispatches it at once."""
+    position: int | None = None
+    """Place in the pool's queue from 1 (next in line); None when not held."""
+
+
+class RunHeld(Event, frozen=True, kw_only=True, tag="run.held"):
+    """The scheduler still holds a queued run, with a new position or reason."""
+
+    position: int | None = None
+    """Place in the pool's queue from 1 (next in line)."""
+    reason: str = ""
+
+
+class RunDispatched(Event, frozen=True, kw_only=True, tag="run.dispatched"):
+    """The scheduler sent the run's dispatch order to its pool's executors."""
+
+    pool: str = "default"
+    labels: list[str] = []
+    """Labels an executor needs to take the order."""
+    effective_priority: int = 0
+    """The submitted priority plus what the run gained by waiting."""
 
 
 class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
@@ -193,6 +214,8 @@ AnyEvent = (
     JobSubmitted
     | RunRequested
     | JobQueued
+    | RunHeld
+    | RunDispatched
     | RunStarted
     | AttemptLost
     | SourceCheckedOut
@@ -210,6 +233,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     JobSubmitted,
     RunRequested,
     JobQueued,
+    RunHeld,
+    RunDispatched,
     RunStarted,
     AttemptLost,
     SourceCheckedOut,
@@ -230,6 +255,8 @@ class DispatchOrder(msgspec.Struct, frozen=True, kw_only=True):
     job_id: str
     run_id: str
     pool: str = "default"
+    labels: list[str] = []
+    """Labels the executor must have; one that lacks any gives the order back."""
 
 
 class LogChunk(msgspec.Struct, frozen=True, kw_only=True):

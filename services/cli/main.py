@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from libs.config import Config, ConfigError, load_config
-from libs.events.embedded import EmbeddedNats
+from libs.events import StasisEventError
+from libs.events.embedded import EmbeddedNats, EmbeddedNatsError
+from services.executor.heartbeat import parse_labels
 from services.executor.service import Executor
 from services.gateway import Gateway
+from services.gateway.auth import KeyConfigError
 from services.logsink import LogSink
 from services.runtime import run_until_signal, setup_logging
 from services.scheduler import Scheduler
@@ -47,7 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(asyncio.run(args.handler(args)))
-    except (ConfigError, ApiError, RuntimeError) as exc:
+    except (
+        ConfigError,
+        ApiError,
+        RuntimeError,
+        KeyConfigError,
+        EmbeddedNatsError,
+        StasisEventError,
+    ) as exc:
         print(f"stasis: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -75,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
         if name == "executor":
             service.add_argument("--slots", type=int, help="max concurrent jobs")
             service.add_argument("--pool", help="executor pool to pull from")
+            service.add_argument(
+                "--labels",
+                default="",
+                help="comma-separated labels this executor offers, e.g. docker,arm64",
+            )
 
     run = commands.add_parser(
         "run", help="run the pipeline of a local repository through the whole system"
@@ -114,10 +129,36 @@ def _parser() -> argparse.ArgumentParser:
     retry.add_argument("--follow", "-f", action="store_true", help="print the log live")
     retry.set_defaults(handler=cmd_retry)
 
+    _add_replay_parser(commands)
+
     cancel = commands.add_parser("cancel", help="cancel a job's current run")
     cancel.add_argument("job_id")
     cancel.set_defaults(handler=cmd_cancel)
     return parser
+
+
+def _add_replay_parser(commands: Any) -> None:
+    replay = commands.add_parser(
+        "replay", help="submit a new job copied from an old one, with overrides"
+    )
+    replay.add_argument("job_id")
+    replay.add_argument("--commit", help="build this commit instead")
+    replay.add_argument("--branch", help="build this branch (its head unless --commit)")
+    replay.add_argument(
+        "--env", "-e", action="append", default=[], metavar="NAME=VALUE"
+    )
+    replay.add_argument("--image", help="run every step in this image")
+    replay.add_argument(
+        "--step",
+        action="append",
+        dest="steps",
+        metavar="NAME",
+        help="run only this step; repeat for more",
+    )
+    replay.add_argument(
+        "--follow", "-f", action="store_true", help="print the log live"
+    )
+    replay.set_defaults(handler=cmd_replay)
 
 
 def _config(args: argparse.Namespace, **overrides: Any) -> Config:
@@ -162,7 +203,10 @@ async def cmd_service(args: argparse.Namespace) -> int:
         "executor": Executor,
         "logsink": LogSink,
     }
-    service = classes[args.service](config)  # type: ignore[call-arg]
+    if args.service == "executor":
+        service: Service = Executor(config, labels=parse_labels(args.labels))
+    else:
+        service = classes[args.service](config)  # type: ignore[call-arg]
     await run_until_signal(service.start, service.stop)
     return 0
 
@@ -288,6 +332,21 @@ async def cmd_retry(args: argparse.Namespace) -> int:
         print(result["run_id"])
         if args.follow:
             return await _follow(client, args.job_id)
+    return 0
+
+
+async def cmd_replay(args: argparse.Namespace) -> int:
+    """Ask the gateway for a new job that replays an old one with overrides."""
+    body: dict[str, Any] = {"env": _job_body("", args)["env"]}
+    for name in ("commit", "branch", "image", "steps"):
+        if getattr(args, name):
+            body[name] = getattr(args, name)
+    async with GatewayClient(args.url, args.api_key) as client:
+        path = f"/api/v1/jobs/{args.job_id}/replay"
+        result = await client.request("POST", path, json=body)
+        print(result["job_id"])
+        if args.follow:
+            return await _follow(client, result["job_id"])
     return 0
 
 

@@ -37,6 +37,7 @@ from .models import (
 )
 from .problems import ProblemError
 from .projection import Projection
+from .replay import replay_job
 from .sse import JobStream, parse_last_event_id
 
 log = logging.getLogger(__name__)
@@ -393,6 +394,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/jobs/{job_id}", get_job)
     app.router.add_delete("/api/v1/jobs/{job_id}", cancel_job)
     app.router.add_post("/api/v1/jobs/{job_id}/retry", retry_job)
+    app.router.add_post("/api/v1/jobs/{job_id}/replay", replay_job)
     app.router.add_get("/api/v1/jobs/{job_id}/events", list_events)
     app.router.add_get("/api/v1/jobs/{job_id}/logs", get_logs)
     app.router.add_get("/api/v1/jobs/{job_id}/stream", stream_job)

@@ -1,26 +1,37 @@
-"""The scheduler service.
+"""The scheduler service: decides which queued run goes to an executor next.
 
-It keeps the state of every unfinished job by folding the job-events stream
-from the start, then reacts to what it sees: a submitted run is queued and
-dispatched to its pool, and a run cancelled before any executor took it is
-finished as cancelled. Every action is an append guarded by the job's last
-sequence and a message id, so several schedulers, or one restarted in the
-middle of an action, never queue a run twice.
+It folds every job from the job-events stream, reads the executors' heartbeats,
+and in each pass asks the planner what to dispatch, hold, expire and cancel.
+Every decision is an appended event (`job.queued`, `run.held`,
+`run.dispatched`, `run.cancel_requested`, `run.finished`), each guarded by the
+job's last sequence and a message id, so a restarted scheduler rebuilds the
+same queue from the stream and never queues or dispatches a run twice.
+
+Only one scheduler should run: two would each count only their own
+dispatches against the limits between two folds.
 """
 
 import asyncio
+import contextlib
 import logging
+import time
+from collections.abc import Awaitable
+from datetime import UTC, datetime
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from libs.config import Config
 from libs.events import (
+    CancelRequested,
     DispatchOrder,
     InvalidTransition,
     JobQueued,
     JobState,
+    JobSubmitted,
     RunFinished,
+    RunRequested,
     StreamConflict,
     apply,
     encode,
@@ -28,144 +39,313 @@ from libs.events import (
 )
 from libs.events.journal import StoredEvent, append, follow
 from libs.events.streams import dispatch_consumer_config, ensure_consumer
+from libs.events.types import RunDispatched, RunHeld
+from services.executor.heartbeat import (
+    ExecutorHeartbeat,
+    open_heartbeat_bucket,
+    read_heartbeats,
+)
 from services.runtime import ServiceState, connect_jetstream
+
+from .planner import Decision, Plan, plan
+from .rules import SchedulingRules
 
 log = logging.getLogger(__name__)
 
 
 class Scheduler:
-    """Queues and dispatches runs; see the module docstring."""
+    """Queues, holds and dispatches runs; see the module docstring."""
 
-    def __init__(self, config: Config, nats_url: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        nats_url: str | None = None,
+        rules: SchedulingRules | None = None,
+        tick: float = 1.0,
+    ) -> None:
         self.config = config
+        self.rules = rules or SchedulingRules()
         self.state = ServiceState.CREATED
         self._nats_url = nats_url
+        self._tick = tick
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._kv: KeyValue | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._jobs: dict[str, JobState] = {}
         self._job_seq: dict[str, int] = {}
+        self._origin_seq: dict[str, int] = {}
+        """Stream sequence of the event that created each run, for FIFO order."""
+        self._seq = 0
+        self._written = 0
+        self._caught_up = asyncio.Event()
+        self._wake = asyncio.Event()
         self._pools: set[str] = set()
+        self._beats: dict[str, tuple[int, float, ExecutorHeartbeat]] = {}
+        """Executor id to (bucket revision, monotonic time it changed, record)."""
 
     async def start(self) -> None:
-        """Connect, replay the job events and start reacting to new ones."""
+        """Connect, replay the job events and start scheduling."""
         self.state = ServiceState.STARTING
         self._nc, self._js = await connect_jetstream(
             self.config, "stasis-scheduler", self._nats_url
         )
-        self._task = asyncio.create_task(self._run(), name="scheduler")
+        self._kv = await open_heartbeat_bucket(self._js, self.config.nats.replicas)
+        self._tasks = [
+            asyncio.create_task(self._follow(), name="scheduler-follow"),
+            asyncio.create_task(self._schedule(), name="scheduler-passes"),
+        ]
         self.state = ServiceState.RUNNING
-        log.info("scheduler started")
+        log.info("scheduler started: %s", self.rules)
 
     async def stop(self) -> None:
-        """Stop reacting and close the NATS connection."""
+        """Stop scheduling and close the NATS connection."""
         self.state = ServiceState.STOPPING
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._nc is not None:
             await self._nc.close()
         self.state = ServiceState.STOPPED
         log.info("scheduler stopped")
 
-    async def _run(self) -> None:
+    async def _follow(self) -> None:
         assert self._js is not None
-        js = self._js
-        head = await _stream_last_seq(js)
-        caught_up = head == 0
-        if caught_up:
-            log.info("scheduler replayed 0 events")
-        async for stored in follow(js):
+        info = await self._js.stream_info(subjects.JOBS_STREAM)
+        head = info.state.last_seq
+        if head == 0:
+            self._caught_up.set()
+        async for stored in follow(self._js):
             self._fold(stored)
-            if caught_up:
-                await self._react(stored.event.job_id)
-            elif stored.seq >= head:
-                caught_up = True
+            self._seq = stored.seq
+            if not self._caught_up.is_set() and stored.seq >= head:
                 log.info("scheduler replayed %d events", head)
-                for job_id, state in list(self._jobs.items()):
-                    if not state.last_run.finished:
-                        await self._react(job_id, recovering=True)
+                self._caught_up.set()
+            self._wake.set()
 
     def _fold(self, stored: StoredEvent) -> None:
-        job_id = stored.event.job_id
+        event = stored.event
         try:
-            state = apply(self._jobs.get(job_id), stored.event)
+            state = apply(self._jobs.get(event.job_id), event)
         except InvalidTransition as exc:
             log.warning("ignoring event at seq %d: %s", stored.seq, exc)
             return
+        if isinstance(event, JobSubmitted | RunRequested):
+            self._origin_seq[event.run_id] = stored.seq
         # Finished jobs stay: a retry appends a new run to them.
-        self._job_seq[job_id] = stored.seq
-        self._jobs[job_id] = state
+        self._job_seq[event.job_id] = stored.seq
+        self._jobs[event.job_id] = state
 
-    async def _react(self, job_id: str, recovering: bool = False) -> None:
-        state = self._jobs.get(job_id)
-        if state is None:
-            return
-        run = state.last_run
-        try:
-            if run.cancel_requested and run.status in ("submitted", "queued"):
-                await self._finish_cancelled(state)
-            elif run.status == "submitted":
-                await self._queue(state)
-            elif run.status == "queued" and recovering:
-                # The dispatch order may have been lost between the append of
-                # job.queued and its publish; executors ignore a duplicate.
-                await self._dispatch(state)
-        except StreamConflict as exc:
-            log.info(
-                "job %s changed while scheduling, will react again: %s", job_id, exc
+    async def _schedule(self) -> None:
+        await self._caught_up.wait()
+        await self._republish_dispatched()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._tick)
+            self._wake.clear()
+            # Plan only on a fold that includes this scheduler's own appends,
+            # or capacity would not count the runs it just dispatched.
+            while self._seq < self._written:
+                await self._wake.wait()
+                self._wake.clear()
+            try:
+                await self._refresh_executors()
+                await self._pass()
+            except Exception:
+                log.exception(
+                    "scheduling pass failed; trying again in %.1fs", self._tick
+                )
+                await asyncio.sleep(self._tick)
+
+    async def _refresh_executors(self) -> None:
+        assert self._kv is not None
+        now = time.monotonic()
+        stored = await read_heartbeats(self._kv)
+        beats = {}
+        for executor_id, (revision, record) in stored.items():
+            known = self._beats.get(executor_id)
+            seen = known[1] if known is not None and known[0] == revision else now
+            beats[executor_id] = (revision, seen, record)
+        self._beats = beats
+
+    def _live_executors(self) -> list[ExecutorHeartbeat]:
+        cutoff = time.monotonic() - self.rules.executor_ttl
+        return [record for _, seen, record in self._beats.values() if seen >= cutoff]
+
+    async def _pass(self) -> None:
+        seqs = dict(self._job_seq)
+        jobs = dict(self._jobs)
+        decided = plan(
+            jobs,
+            self._origin_seq,
+            self._live_executors(),
+            datetime.now(UTC),
+            self.rules,
+        )
+        await self._apply(decided, jobs, seqs)
+
+    async def _apply(
+        self, decided: Plan, jobs: dict[str, JobState], seqs: dict[str, int]
+    ) -> None:
+        for job_id in decided.finish_cancelled:
+            await self._guarded(self._finish_cancelled(jobs[job_id], seqs))
+        for cancel in decided.cancel_in_progress:
+            event = CancelRequested(
+                job_id=cancel.job_id,
+                run_id=cancel.run_id,
+                requested_by="scheduler",
+                reason=cancel.reason,
             )
+            await self._guarded(
+                self._append(event, f"{cancel.run_id}:cancel-in-progress", seqs)
+            )
+            log.info("cancel requested for run %s: %s", cancel.run_id, cancel.reason)
+        for job_id, reason in decided.expire:
+            await self._guarded(self._expire(jobs[job_id], reason, seqs))
+        for decision in decided.decisions:
+            await self._guarded(self._decide(jobs[decision.job_id], decision, seqs))
 
-    async def _queue(self, state: JobState) -> None:
+    async def _guarded(self, action: Awaitable[object]) -> None:
+        try:
+            await action
+        except StreamConflict as exc:
+            # The job changed since the plan; the next pass sees the change.
+            log.info("job changed while scheduling, planning again: %s", exc)
+
+    async def _append(
+        self,
+        event: JobQueued | RunHeld | RunDispatched | CancelRequested | RunFinished,
+        msg_id: str,
+        seqs: dict[str, int],
+    ) -> int:
         assert self._js is not None
-        run = state.last_run
-        await append(
-            self._js,
-            JobQueued(job_id=state.job_id, run_id=run.run_id, pool=state.pool),
-            msg_id=f"{run.run_id}:queued",
-            expected_last_seq=self._job_seq[state.job_id],
+        seq = await append(
+            self._js, event, msg_id=msg_id, expected_last_seq=seqs[event.job_id]
         )
-        await self._dispatch(state)
+        seqs[event.job_id] = seq
+        self._written = max(self._written, seq)
+        return seq
+
+    async def _decide(
+        self, job: JobState, decision: Decision, seqs: dict[str, int]
+    ) -> None:
+        run = job.last_run
+        if run.status == "submitted":
+            queued = JobQueued(
+                job_id=job.job_id,
+                run_id=run.run_id,
+                pool=job.pool,
+                reason=decision.reason,
+                position=decision.position,
+            )
+            await self._append(queued, f"{run.run_id}:queued", seqs)
+            log.info(
+                "queued run %s of job %s in pool %s%s",
+                run.run_id,
+                job.job_id,
+                job.pool,
+                f" at position {decision.position}: {decision.reason}"
+                if not decision.dispatch
+                else "",
+            )
+        elif not decision.dispatch and _worth_recording(
+            run.queue_position, run.queue_reason, decision, self.rules.exact_positions
+        ):
+            held = RunHeld(
+                job_id=job.job_id,
+                run_id=run.run_id,
+                position=decision.position,
+                reason=decision.reason,
+            )
+            await self._append(held, f"{run.run_id}:held:{seqs[job.job_id]}", seqs)
+            log.debug(
+                "run %s held at %s: %s", run.run_id, decision.position, decision.reason
+            )
+        if decision.dispatch:
+            await self._dispatch(job, decision, seqs)
+
+    async def _dispatch(
+        self, job: JobState, decision: Decision, seqs: dict[str, int]
+    ) -> None:
+        run_id = job.last_run.run_id
+        dispatched = RunDispatched(
+            job_id=job.job_id,
+            run_id=run_id,
+            pool=job.pool,
+            labels=list(job.labels),
+            effective_priority=decision.effective_priority,
+        )
+        await self._append(dispatched, f"{run_id}:dispatched", seqs)
+        await self._publish_order(job)
         log.info(
-            "queued run %s of job %s in pool %s", run.run_id, state.job_id, state.pool
+            "dispatched run %s of job %s to pool %s (effective priority %d)",
+            run_id,
+            job.job_id,
+            job.pool,
+            decision.effective_priority,
         )
 
-    async def _dispatch(self, state: JobState) -> None:
+    async def _publish_order(self, job: JobState) -> None:
         assert self._js is not None
-        if state.pool not in self._pools:
+        if job.pool not in self._pools:
             await ensure_consumer(
                 self._js,
                 subjects.DISPATCH_STREAM,
-                dispatch_consumer_config(state.pool, float(self.config.nats.ack_wait)),
+                dispatch_consumer_config(job.pool, float(self.config.nats.ack_wait)),
             )
-            self._pools.add(state.pool)
+            self._pools.add(job.pool)
         order = DispatchOrder(
-            job_id=state.job_id, run_id=state.last_run.run_id, pool=state.pool
+            job_id=job.job_id,
+            run_id=job.last_run.run_id,
+            pool=job.pool,
+            labels=list(job.labels),
         )
         await self._js.publish(
-            subjects.dispatch_subject(state.pool),
+            subjects.dispatch_subject(job.pool),
             encode(order),
             stream=subjects.DISPATCH_STREAM,
             headers={"Nats-Msg-Id": f"{order.run_id}:dispatch"},
         )
 
-    async def _finish_cancelled(self, state: JobState) -> None:
-        assert self._js is not None
-        run = state.last_run
-        await append(
-            self._js,
-            RunFinished(
-                job_id=state.job_id,
-                run_id=run.run_id,
-                outcome="cancelled",
-                reason="cancelled before an executor started it",
-            ),
-            msg_id=f"{run.run_id}:finished",
-            expected_last_seq=self._job_seq[state.job_id],
+    async def _republish_dispatched(self) -> None:
+        # An order may have been lost between the append of run.dispatched and
+        # its publish; executors ignore a duplicate of a started run.
+        for job in list(self._jobs.values()):
+            run = job.last_run
+            if run.status == "queued" and run.dispatched_at is not None:
+                await self._publish_order(job)
+                log.info("published the order of dispatched run %s again", run.run_id)
+
+    async def _expire(self, job: JobState, reason: str, seqs: dict[str, int]) -> None:
+        run = job.last_run
+        finished = RunFinished(
+            job_id=job.job_id, run_id=run.run_id, outcome="expired", reason=reason
         )
-        log.info("cancelled queued run %s of job %s", run.run_id, state.job_id)
+        await self._append(finished, f"{run.run_id}:finished", seqs)
+        log.info("run %s of job %s expired: %s", run.run_id, job.job_id, reason)
+
+    async def _finish_cancelled(self, job: JobState, seqs: dict[str, int]) -> None:
+        run = job.last_run
+        finished = RunFinished(
+            job_id=job.job_id,
+            run_id=run.run_id,
+            outcome="cancelled",
+            reason="cancelled before an executor started it",
+        )
+        await self._append(finished, f"{run.run_id}:finished", seqs)
+        log.info("cancelled queued run %s of job %s", run.run_id, job.job_id)
 
 
-async def _stream_last_seq(js: JetStreamContext) -> int:
-    info = await js.stream_info(subjects.JOBS_STREAM)
-    return info.state.last_seq
+def _worth_recording(
+    position: int | None, reason: str, decision: Decision, exact_positions: int
+) -> bool:
+    """Return whether a held run's new position or reason deserves a `run.held`."""
+    if reason != decision.reason:
+        return True
+    if position == decision.position:
+        return False
+    if position is None or decision.position is None:
+        return True
+    if decision.position <= exact_positions:
+        return True
+    return abs(decision.position - position) * 10 >= position
