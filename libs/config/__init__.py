@@ -10,6 +10,7 @@ from .model import (
     LogsinkConfig,
     NatsConfig,
     ResourceLimits,
+    SchedulerConfig,
     ServerConfig,
     Timeouts,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "LogsinkConfig",
     "NatsConfig",
     "ResourceLimits",
+    "SchedulerConfig",
     "ServerConfig",
     "Timeouts",
     "env_overrides",

@@ -28,6 +28,11 @@ _DURATIONS = (
     "artifacts.retention",
     "artifacts.retention_interval",
     "secrets.ttl",
+    "executor.heartbeat_interval",
+    "executor.drain_timeout",
+    "scheduler.max_queue_time",
+    "scheduler.ageing_interval",
+    "scheduler.executor_ttl",
 )
 _SIZES = (
     "nats.logs_max_bytes",

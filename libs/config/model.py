@@ -73,6 +73,13 @@ class ExecutorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     network: str = "bridge"
     """Docker network mode of job containers; "none" disables networking."""
     pull_images: bool = True
+    labels: list[str] = []
+    """Labels this executor offers, such as docker or arm64; jobs may ask for them."""
+    heartbeat_interval: float | str = "2s"
+    """How often the executor publishes its free slots for the scheduler."""
+    drain_timeout: float | str = "30s"
+    """On SIGTERM, how long running jobs may go on before their orders are handed
+    back to other executors."""
     max_run_attempts: int = 3
     """Attempts of a run whose executor was lost before the run fails; step
     `retry` in the pipeline is counted apart from this."""
@@ -80,6 +87,22 @@ class ExecutorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     docker_url: str | None = None
     """Docker API URL; unset uses DOCKER_HOST or the local socket."""
+
+
+class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Limits and timings of the scheduler; unset limits do not apply."""
+
+    max_running: int | None = None
+    """Runs dispatched or running at once, over every pool."""
+    max_running_per_repository: int | None = None
+    max_running_per_key: int | None = None
+    """Per API key; submissions without a key share one limit."""
+    max_queue_time: float | str = "1h"
+    """Time a run may wait undispatched before it ends expired."""
+    ageing_interval: float | str = "60s"
+    """Waiting time that raises a run's effective priority by one."""
+    executor_ttl: float | str = "10s"
+    """Time without a heartbeat after which an executor counts as gone."""
 
 
 class ArtifactsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -184,6 +207,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     executor: ExecutorConfig = msgspec.field(default_factory=ExecutorConfig)
+    scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
     artifacts: ArtifactsConfig = msgspec.field(default_factory=ArtifactsConfig)
     logsink: LogsinkConfig = msgspec.field(default_factory=LogsinkConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)

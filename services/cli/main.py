@@ -204,7 +204,8 @@ async def cmd_service(args: argparse.Namespace) -> int:
         "logsink": LogSink,
     }
     if args.service == "executor":
-        service: Service = Executor(config, labels=parse_labels(args.labels))
+        labels = parse_labels(args.labels) if args.labels else None
+        service: Service = Executor(config, labels=labels)
     else:
         service = classes[args.service](config)  # type: ignore[call-arg]
     await run_until_signal(service.start, service.stop)

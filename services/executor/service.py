@@ -39,6 +39,7 @@ from libs.secrets import JobSecrets, SecretsUnavailable
 from services.runtime import ServiceState, connect_jetstream, open_vault
 
 from .docker_runner import DockerRunner, StopRequest
+from .drain import drain_timeout, order_of
 from .heartbeat import Heartbeat
 from .job_runner import JobRunner, RunResult
 
@@ -49,7 +50,10 @@ class Executor:
     """Runs dispatched runs in Docker; see the module docstring."""
 
     def __init__(
-        self, config: Config, nats_url: str | None = None, labels: tuple[str, ...] = ()
+        self,
+        config: Config,
+        nats_url: str | None = None,
+        labels: tuple[str, ...] | None = None,
     ) -> None:
         self.config = config
         self.state = ServiceState.CREATED
@@ -62,8 +66,15 @@ class Executor:
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, StopRequest] = {}
         cfg = config.executor
+        if labels is None:
+            labels = tuple(cfg.labels)
         self._heartbeat = Heartbeat(
-            cfg.id, cfg.pool, labels, cfg.max_concurrent_jobs, lambda: len(self._runs)
+            cfg.id,
+            cfg.pool,
+            labels,
+            cfg.max_concurrent_jobs,
+            lambda: len(self._runs),
+            interval=float(cfg.heartbeat_interval),
         )
 
     @property
@@ -108,22 +119,79 @@ class Executor:
         )
 
     async def stop(self) -> None:
-        """Stop pulling, cancel running runs (recording them), and disconnect."""
+        """Drain: stop pulling, let runs finish, hand back the rest, disconnect.
+
+        Running runs get `executor.drain_timeout` seconds (30 by default) to
+        record their outcome. A run still going then is stopped without an
+        outcome: its containers are removed and its order is naked, so another
+        executor records the attempt as lost and starts the next one. A cancel
+        that arrives during the drain still stops its run.
+        """
         self.state = ServiceState.STOPPING
+        # Deleting the heartbeat first tells the scheduler to send no more here.
         await self._heartbeat.stop()
         if self._puller is not None:
             self._puller.cancel()
             await asyncio.gather(self._puller, return_exceptions=True)
-        for stop in self._stops.values():
-            stop.requested.set()
-        if self._runs:
-            await asyncio.gather(*self._runs.values(), return_exceptions=True)
+        unfinished = await self._drain_runs(drain_timeout(self.config))
+        for run_id, task in unfinished.items():
+            await self._hand_back(run_id, task)
         if self._nc is not None:
             await self._nc.close()
         if self._docker is not None:
             await self._docker.close()
         self.state = ServiceState.STOPPED
         log.info("executor %s stopped", self.config.executor.id)
+
+    async def _drain_runs(self, timeout: float) -> dict[str, asyncio.Task[None]]:
+        """Wait up to `timeout` seconds for the running runs; return the rest."""
+        if not self._runs:
+            return {}
+        log.info(
+            "executor %s draining: waiting up to %gs for %d running runs",
+            self.config.executor.id,
+            timeout,
+            len(self._runs),
+        )
+        if timeout > 0:
+            await asyncio.wait(list(self._runs.values()), timeout=timeout)
+        return {run_id: t for run_id, t in self._runs.items() if not t.done()}
+
+    async def _hand_back(self, run_id: str, task: asyncio.Task[None]) -> None:
+        """Stop a run that outlived the drain and give its order back to the pool."""
+        handled = order_of(task)
+        secrets = None
+        if handled is not None:
+            # The run's own clean-up purges the job's secrets; the next
+            # attempt on another executor needs them, so they are put back.
+            with contextlib.suppress(SecretsUnavailable):
+                secrets = await self._vault.get(handled[1])
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if handled is None:
+            log.warning(
+                "run %s outlived the drain; its order comes back after the ack wait",
+                run_id,
+            )
+            return
+        msg, job_id = handled
+        if secrets is not None:
+            await self._vault.put(job_id, secrets)
+        try:
+            await msg.nak()
+        except Exception as exc:
+            log.warning(
+                "handing back the order of run %s failed (%s); it comes back "
+                "after the ack wait",
+                run_id,
+                exc,
+            )
+            return
+        log.warning(
+            "run %s of job %s outlived the drain; its order was handed back",
+            run_id,
+            job_id,
+        )
 
     async def _pull_loop(self) -> None:
         assert self._js is not None

@@ -1,12 +1,12 @@
 """HTTP handlers of the gateway's `/api/v1` routes and `/health`."""
 
+import hashlib
 import logging
 
 import msgspec
 from aiohttp import web
 from nats.js import JetStreamContext
 
-from libs.config import Config
 from libs.events import (
     CancelRequested,
     JobSubmitted,
@@ -23,11 +23,18 @@ from libs.events.ids import is_valid_id
 from libs.events.journal import append, read_job, read_subject
 from libs.events.schema import events_json_schema
 from libs.pipeline import pipeline_json_schema
-from libs.secrets import JobSecrets, SecretVault
+from libs.secrets import JobSecrets
 from services.executor.capture import strip_control
 from services.executor.credentials import Credentials
 from services.executor.logs import chunk_bytes
 
+from .auth import caller_id, caller_of, may_access
+
+# Re-exported: handlers in other modules take the keys from here too.
+from .keys import CONFIG_KEY as CONFIG_KEY
+from .keys import JS_KEY as JS_KEY
+from .keys import PROJECTION_KEY as PROJECTION_KEY
+from .keys import VAULT_KEY as VAULT_KEY
 from .models import (
     JobAccepted,
     JobRequest,
@@ -36,20 +43,25 @@ from .models import (
     validate_request,
 )
 from .problems import ProblemError
-from .projection import Projection
 from .replay import replay_job
 from .sse import JobStream, parse_last_event_id
 
 log = logging.getLogger(__name__)
 
-JS_KEY = web.AppKey("js", JetStreamContext)
-VAULT_KEY = web.AppKey("vault", SecretVault)
-PROJECTION_KEY = web.AppKey("projection", Projection)
-CONFIG_KEY = web.AppKey("config", Config)
 
 _request_decoder = msgspec.json.Decoder(JobRequest)
 _encoder = msgspec.json.Encoder()
 MAX_PAGE = 200
+REQUEST_DIGEST_HEADER = "Stasis-Request-Digest"
+"""SHA-256 of a submission's body, to tell a retried request from a reused key."""
+
+
+def is_number(text: str) -> bool:
+    """Tell whether `text` is a whole number in ASCII digits.
+
+    `str.isdigit` also accepts digits such as "²" that `int` rejects.
+    """
+    return text.isascii() and text.isdecimal()
 
 
 def json_response(value: object, status: int = 200, **headers: str) -> web.Response:
@@ -101,6 +113,7 @@ async def submit_job(request: web.Request) -> web.Response:
         env=job_request.env,
         trigger=job_request.trigger,
         pool=job_request.pool,
+        submitted_by=caller_id(request),
         priority=job_request.priority,
         concurrency_group=job_request.concurrency_group,
         cancel_in_progress=job_request.cancel_in_progress,
@@ -113,12 +126,25 @@ async def submit_job(request: web.Request) -> web.Response:
     vault = request.app[VAULT_KEY]
     if secrets.variables or secrets.credentials:
         await vault.put(event.job_id, secrets)
-    seq = await append(js, event, msg_id=f"submit:{key}" if key else None)
+    digest = hashlib.sha256(body).hexdigest()
+    seq = await append(
+        js,
+        event,
+        msg_id=f"submit:{key}" if key else None,
+        headers={REQUEST_DIGEST_HEADER: digest},
+    )
     if key:
         made_up = event.job_id
-        event = await _original_submission(js, seq, event)
+        event, original_digest = await _original_submission(js, seq, event)
         if event.job_id != made_up and (secrets.variables or secrets.credentials):
             await vault.purge(made_up)
+        if original_digest not in (None, digest):
+            raise ProblemError(
+                422,
+                "Idempotency-Key reused",
+                f"Idempotency-Key {key!r} was already used for job {event.job_id} "
+                "with a different request body; use a new key for a new job",
+            )
 
     base = base_url(request)
     accepted = JobAccepted(
@@ -162,19 +188,25 @@ def _credentials_kind(secrets: JobSecrets) -> str | None:
 
 async def _original_submission(
     js: JetStreamContext, seq: int, event: JobSubmitted
-) -> JobSubmitted:
-    # A repeated Idempotency-Key returns the first append's sequence: answer
-    # with the ids stored there, not the ones just made up.
+) -> tuple[JobSubmitted, str | None]:
+    """Return the submission stored at `seq` and the digest of its request body.
+
+    A repeated Idempotency-Key returns the first append's sequence: answer with
+    the ids stored there, not the ones just made up.
+    """
     stored = await js.get_msg(subjects.JOBS_STREAM, seq)
     original = decode_event(stored.data or b"")
-    return original if isinstance(original, JobSubmitted) else event
+    digest = (stored.headers or {}).get(REQUEST_DIGEST_HEADER)
+    if not isinstance(original, JobSubmitted):
+        return event, None
+    return original, digest
 
 
 async def job_or_404(request: web.Request) -> str:
     job_id = request.match_info["job_id"]
     projection = request.app[PROJECTION_KEY]
     min_seq = request.query.get("min_seq") or request.headers.get("Stasis-Min-Seq")
-    if min_seq and min_seq.isdigit():
+    if min_seq and is_number(min_seq):
         await projection.wait_for(int(min_seq))
     if projection.get(job_id) is None:
         hint = "" if is_valid_id(job_id) else " (job ids are 26 letters and digits)"
@@ -193,7 +225,7 @@ async def get_job(request: web.Request) -> web.Response:
 async def list_jobs(request: web.Request) -> web.Response:
     """Return recent jobs, newest first; `before` pages on with the last job id."""
     limit_text = request.query.get("limit", "50")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE:
+    if not is_number(limit_text) or not 1 <= int(limit_text) <= MAX_PAGE:
         raise ProblemError(
             400,
             "Invalid limit",
@@ -201,7 +233,10 @@ async def list_jobs(request: web.Request) -> web.Response:
         )
     limit = int(limit_text)
     before = request.query.get("before")
-    jobs = request.app[PROJECTION_KEY].recent(limit, before)
+    caller = caller_of(request)
+    jobs = request.app[PROJECTION_KEY].recent(
+        limit, before, lambda job: may_access(caller, job.submitted_by)
+    )
     base = base_url(request)
     body: dict[str, object] = {"jobs": [job_view(job, base) for job in jobs]}
     if len(jobs) == limit:
@@ -245,7 +280,7 @@ async def get_logs(request: web.Request) -> web.Response:
         raise ProblemError(404, "Run not found", f"job {job_id} has no run {run_id!r}")
     log_format = query.get("format", "text")
     since = query.get("since", "0")
-    if log_format not in LOG_FORMATS or not since.isdigit():
+    if log_format not in LOG_FORMATS or not is_number(since):
         raise ProblemError(
             400,
             "Invalid log query",

@@ -20,7 +20,8 @@ from libs.events import ArtifactStored
 from libs.events.fold import ArtifactRecord, RunState
 from libs.events.journal import append
 
-from .api import CONFIG_KEY, JS_KEY, PROJECTION_KEY, base_url, job_or_404, json_response
+from .api import base_url, job_or_404, json_response
+from .keys import CONFIG_KEY, JS_KEY, PROJECTION_KEY
 from .problems import ProblemError
 
 log = logging.getLogger(__name__)

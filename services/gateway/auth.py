@@ -21,7 +21,7 @@ from aiohttp.typedefs import Handler
 
 from libs.config.model import AuthConfig
 
-from .api import PROJECTION_KEY
+from .keys import PROJECTION_KEY
 from .problems import ProblemError, problem
 
 log = logging.getLogger(__name__)

@@ -1,12 +1,14 @@
 """Request and response bodies of the HTTP API, as msgspec types."""
 
 import re
+from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
 
 from libs.events import JobState
 from libs.events.fold import RunState
+from services.scheduler.rules import priority_problem
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _REF = re.compile(r"^[A-Za-z0-9._/@+-]{1,255}$")
@@ -81,6 +83,15 @@ class JobView(msgspec.Struct, kw_only=True):
     trigger: str
     pool: str
     submitted_at: str
+    submitted_by: str | None = None
+    priority: int = 0
+    concurrency_group: str | None = None
+    labels: list[str] = []
+    secret_names: list[str] = []
+    credentials_kind: str | None = None
+    replay_of: str | None = None
+    waited_s: float | None = None
+    """Seconds the last run waited in the queue, so far or until it was dispatched."""
     runs: list[RunState]
     links: JobLinks
 
@@ -107,6 +118,9 @@ def validate_request(request: JobRequest) -> list[str]:
                 f"env name {name!r} is invalid; use letters, digits and '_', "
                 "not starting with a digit"
             )
+    priority = priority_problem(request.priority)
+    if priority is not None:
+        problems.append(priority)
     if repo.depth is not None and not 1 <= repo.depth <= 100_000:
         problems.append(
             f"repository.depth {repo.depth!r} is out of range; use 1 to 100000, "
@@ -138,6 +152,21 @@ def job_view(job: JobState, base: str) -> JobView:
         trigger=job.trigger,
         pool=job.pool,
         submitted_at=job.submitted_at.isoformat(),
+        submitted_by=job.submitted_by,
+        priority=job.priority,
+        concurrency_group=job.concurrency_group,
+        labels=list(job.labels),
+        secret_names=list(job.secret_names),
+        credentials_kind=job.credentials_kind,
+        replay_of=job.replay_of,
+        waited_s=_waited(job.last_run),
         runs=list(job.runs),
         links=job_links(base, job.job_id),
     )
+
+
+def _waited(run: RunState) -> float | None:
+    if run.queued_at is None:
+        return None
+    end = run.dispatched_at or run.started_at or datetime.now(UTC)
+    return round(max(0.0, (end - run.queued_at).total_seconds()), 3)

@@ -8,6 +8,7 @@ write calls `wait_for(seq)` first.
 import asyncio
 import bisect
 import logging
+from collections.abc import Callable
 
 from nats.js import JetStreamContext
 
@@ -66,14 +67,22 @@ class Projection:
         """Return the state of one job, or None."""
         return self.jobs.get(job_id)
 
-    def recent(self, limit: int, before: str | None = None) -> list[JobState]:
-        """Return up to `limit` jobs, newest first, older than job id `before`."""
+    def recent(
+        self,
+        limit: int,
+        before: str | None = None,
+        visible: Callable[[JobState], bool] | None = None,
+    ) -> list[JobState]:
+        """Return up to `limit` jobs, newest first, older than job id `before`.
+
+        `visible` filters before the count, so a page is full whenever more
+        visible jobs exist.
+        """
         result = []
-        for job_id in reversed(self._order):
-            if before is not None and job_id >= before:
-                continue
-            job = self.jobs.get(job_id)
-            if job is not None:
+        start = bisect.bisect_left(self._order, before) if before else len(self._order)
+        for index in range(start - 1, -1, -1):
+            job = self.jobs.get(self._order[index])
+            if job is not None and (visible is None or visible(job)):
                 result.append(job)
                 if len(result) >= limit:
                     break

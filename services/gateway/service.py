@@ -14,9 +14,10 @@ from libs.config import Config
 from libs.units import parse_size
 from services.runtime import ServiceState, connect_jetstream, open_vault
 
-from .api import CONFIG_KEY, JS_KEY, PROJECTION_KEY, VAULT_KEY, add_routes
+from .api import add_routes
 from .artifacts import STORE_KEY, add_artifact_routes
 from .auth import AUTHENTICATOR_KEY, Authenticator, authenticate, check_job_access
+from .keys import CONFIG_KEY, JS_KEY, PROJECTION_KEY, VAULT_KEY
 from .openapi import add_docs_routes
 from .problems import ProblemError, problem
 from .projection import Projection
@@ -38,9 +39,14 @@ async def problem_middleware(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return problem(
+        response = problem(
             exc.status, exc.reason, f"{exc.reason}: {request.path}", request.path
         )
+        # Keep headers such as Allow on 405 and WWW-Authenticate on 401.
+        for name, value in exc.headers.items():
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
+        return response
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return problem(

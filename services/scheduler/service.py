@@ -64,7 +64,7 @@ class Scheduler:
         tick: float = 1.0,
     ) -> None:
         self.config = config
-        self.rules = rules or SchedulingRules()
+        self.rules = rules or rules_from_config(config)
         self.state = ServiceState.CREATED
         self._nats_url = nats_url
         self._tick = tick
@@ -349,3 +349,16 @@ def _worth_recording(
     if decision.position <= exact_positions:
         return True
     return abs(decision.position - position) * 10 >= position
+
+
+def rules_from_config(config: Config) -> SchedulingRules:
+    """Return the scheduling rules that the `scheduler` section sets."""
+    settings = config.scheduler
+    return SchedulingRules(
+        max_running=settings.max_running,
+        max_running_per_repository=settings.max_running_per_repository,
+        max_running_per_key=settings.max_running_per_key,
+        max_queue_time=float(settings.max_queue_time),
+        ageing_interval=float(settings.ageing_interval),
+        executor_ttl=float(settings.executor_ttl),
+    )

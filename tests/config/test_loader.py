@@ -45,7 +45,9 @@ def test_client_variables_are_not_keys() -> None:
 def test_unknown_file_key_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("executor: {netwrok: none}\n")
-    with pytest.raises(ConfigError, match="unknown field `netwrok` - at `\$.executor`"):
+    with pytest.raises(
+        ConfigError, match=r"unknown field `netwrok` - at `\$\.executor`"
+    ):
         load_config(path, environ={})
 
 

@@ -171,3 +171,23 @@ steps:
     first_text = chunks["chunks"][0]["chunk"]["data"]
     whole = "".join(entry["chunk"]["data"] for entry in chunks["chunks"])
     assert after == whole[len(first_text) :]
+
+
+async def test_idempotency_key_gives_one_job(stack: Stack, tmp_path: Path) -> None:
+    assert stack.gateway is not None
+    url = f"{stack.gateway.url}/api/v1/jobs"
+    body = {"repository": {"url": str(tmp_path / "a")}}
+    other = {"repository": {"url": str(tmp_path / "b")}}
+    headers = {"Idempotency-Key": "deploy-42"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json=body, headers=headers) as resp:
+            first = await resp.json()
+        async with session.post(url, json=body, headers=headers) as resp:
+            second = await resp.json()
+        async with session.post(url, json=other, headers=headers) as resp:
+            reused_status = resp.status
+            reused = await resp.json()
+    assert second["job_id"] == first["job_id"]
+    assert second["run_id"] == first["run_id"]
+    assert reused_status == 422
+    assert "'deploy-42'" in reused["detail"]

@@ -109,6 +109,7 @@ async def test_sse_live_events_arrive_in_order(
     assert kinds == [
         "job.submitted",
         "job.queued",
+        "run.dispatched",
         "run.started",
         "source.checked_out",
         "pipeline.loaded",

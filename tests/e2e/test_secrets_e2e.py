@@ -118,12 +118,8 @@ async def test_secrets_never_leave_the_job(stack: Stack, tmp_path: Path) -> None
 
 
 async def test_secret_job_retry_is_409(stack: Stack, tmp_path: Path) -> None:
-    make_repo(
-        tmp_path / "repo",
-        {
-            ".stasis-ci.yaml": f"image: {TEST_IMAGE}\nsteps:\n  a: {{scripts: ['exit 1']}}\n"
-        },
-    )
+    failing = f"image: {TEST_IMAGE}\nsteps:\n  a: {{scripts: ['exit 1']}}\n"
+    make_repo(tmp_path / "repo", {".stasis-ci.yaml": failing})
     assert stack.gateway is not None
     async with GatewayClient(stack.gateway.url) as client:
         accepted = await client.submit(
