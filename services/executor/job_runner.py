@@ -196,6 +196,10 @@ class JobRunner:
         pipeline = await self._load(system, checkout)
         if isinstance(pipeline, RunResult):
             return pipeline
+        pipeline = self._apply_replay_overrides(pipeline)
+        if isinstance(pipeline, RunResult):
+            await system.note(pipeline.reason)
+            return pipeline
 
         skipped = self._trigger_result(pipeline)
         if skipped is not None:
@@ -223,12 +227,29 @@ class JobRunner:
             await system.note(line)
         return pipeline
 
+    def _apply_replay_overrides(self, pipeline: Pipeline) -> Pipeline | RunResult:
+        """Use a replay's image, and check that the steps it selects exist."""
+        if self.job.image:
+            pipeline = msgspec.structs.replace(pipeline, image=self.job.image)
+        selected = self.job.only_steps
+        if selected is None:
+            return pipeline
+        names = [step.name for step in pipeline.steps]
+        unknown = sorted(set(selected) - set(names))
+        if unknown:
+            return RunResult(
+                "failed",
+                f"the replay selects steps {unknown} that {PIPELINE_FILE} does not "
+                f"have; its steps are {names}",
+            )
+        return pipeline
+
     async def _checkout(self, system: StepLog, workdir: Path) -> Checkout | RunResult:
         repository = self.job.repository
         output: list[str] = []
         await system.note(f"cloning {repository.url}")
-        try:
-            checkout = await clone(
+        cloning = asyncio.create_task(
+            clone(
                 repository,
                 workdir / "src",
                 float(self.config.executor.timeouts.clone),
@@ -238,6 +259,17 @@ class JobRunner:
                 submodules=repository.submodules,
                 lfs=repository.lfs,
             )
+        )
+        stopping = asyncio.create_task(self.stop.requested.wait())
+        await asyncio.wait({cloning, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not cloning.done():
+            # A cancel or an executor shutdown must not wait for a slow clone.
+            cloning.cancel()
+            await asyncio.gather(cloning, return_exceptions=True)
+            return RunResult("cancelled", "cancelled during the clone")
+        try:
+            checkout = cloning.result()
         except CloneError as exc:
             for line in output:
                 await system.note(line)
@@ -337,6 +369,8 @@ class JobRunner:
             return "the run was cancelled, which is not a failure (when: on_failure)"
         if step.when == "on_failure" and not failing:
             return "no earlier step failed or timed out (when: on_failure)"
+        if self.job.only_steps is not None and step.name not in self.job.only_steps:
+            return "not among the steps the replay selected"
         if step.when == "always" and self.stop.hurry.is_set():
             return "a second cancel request skips clean-up steps (when: always)"
         if step.if_ is not None and not compile_expression(step.if_).evaluate(env):

@@ -755,3 +755,49 @@ async def test_second_cancel_skips_cleanup(runner: Runner) -> None:
     assert "second cancel" in finished.steps["cleanup"]["reason"]
     assert "cleanup ran" not in finished.log_text
     assert finished.seconds < 20
+
+
+REPLAY_PIPELINE = """
+image: nope/missing:1
+steps:
+  build: {scripts: ["echo building"]}
+  lint: {scripts: ["echo linting"]}
+  deploy: {type: post, when: always, scripts: ["echo deploying"]}
+"""
+
+
+async def test_replay_overrides_image_and_steps(runner: Runner) -> None:
+    original = await runner.run(runner.repo(REPLAY_PIPELINE))
+    assert original.job["status"] == "failed"
+    assert "'nope/missing:1'" in original.run["reason"]
+
+    async with GatewayClient(runner.url) as client:
+        replay = await client.request(
+            "POST",
+            f"/api/v1/jobs/{original.job['job_id']}/replay",
+            json={"image": TEST_IMAGE, "steps": ["build"]},
+        )
+        async for _ in client.stream(replay["job_id"]):
+            pass
+        job = await client.request("GET", f"/api/v1/jobs/{replay['job_id']}")
+        log_text = await client.request("GET", f"/api/v1/jobs/{replay['job_id']}/logs")
+        bad = await client.request(
+            "POST",
+            f"/api/v1/jobs/{original.job['job_id']}/replay",
+            json={"image": TEST_IMAGE, "steps": ["nonexistent"]},
+        )
+        async for _ in client.stream(bad["job_id"]):
+            pass
+        bad_job = await client.request("GET", f"/api/v1/jobs/{bad['job_id']}")
+
+    steps = {step["name"]: step for step in job["runs"][-1]["steps"]}
+    assert job["status"] == "succeeded"
+    assert job["replay_of"] == original.job["job_id"]
+    assert job["runs"][-1]["image"] == TEST_IMAGE
+    assert steps["build"]["status"] == "succeeded"
+    assert steps["lint"]["status"] == "skipped"
+    assert steps["deploy"]["status"] == "skipped"
+    assert "building" in log_text
+    assert "linting" not in log_text
+    assert bad_job["status"] == "failed"
+    assert "['nonexistent']" in bad_job["runs"][-1]["reason"]
