@@ -3,6 +3,7 @@
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -67,6 +68,19 @@ class GatewayClient:
                 f"cannot reach the gateway at {self.base_url} ({exc}); start it with "
                 "`stasis up` or pass --url",
             ) from exc
+
+    async def download(self, path: str, params: dict[str, str], target: Path) -> int:
+        """Stream a response body to `target` and return the bytes written."""
+        written = 0
+        url = self.base_url + path
+        async with self._session.get(url, params=params) as resp:
+            if resp.status >= 400:
+                raise ApiError(resp.status, await _detail(resp))
+            with target.open("wb") as output:
+                async for block in resp.content.iter_chunked(256 * 1024):
+                    output.write(block)
+                    written += len(block)
+        return written
 
     async def submit(self, body: dict[str, Any]) -> dict[str, Any]:
         """Submit a job and return the 202 answer."""

@@ -134,6 +134,15 @@ def _parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", help="cancel a job's current run")
     cancel.add_argument("job_id")
     cancel.set_defaults(handler=cmd_cancel)
+
+    artifacts = commands.add_parser("artifacts", help="list or download artifacts")
+    artifacts.add_argument("job_id")
+    artifacts.add_argument("--run", help="run id (default: the last run)")
+    artifacts.add_argument("--download", metavar="NAME", help="artifact to download")
+    artifacts.add_argument(
+        "--output", "-o", help="file to write (default: the artifact's name)"
+    )
+    artifacts.set_defaults(handler=cmd_artifacts)
     return parser
 
 
@@ -348,6 +357,32 @@ async def cmd_replay(args: argparse.Namespace) -> int:
         print(result["job_id"])
         if args.follow:
             return await _follow(client, result["job_id"])
+    return 0
+
+
+async def cmd_artifacts(args: argparse.Namespace) -> int:
+    """List a run's artifacts, or download one of them to a file."""
+    params = {"run": args.run} if args.run else {}
+    path = f"/api/v1/jobs/{args.job_id}/artifacts"
+    async with GatewayClient(args.url, args.api_key) as client:
+        listing = await client.request("GET", path, params=params)
+        if not args.download:
+            for item in listing["artifacts"]:
+                print(f"{item['name']:<32} {item['size']:>12}  sha256 {item['sha256']}")
+            for warning in listing.get("warnings", []):
+                print(f"warning: {warning}", file=sys.stderr)
+            return 0
+        names = [item["name"] for item in listing["artifacts"]]
+        if args.download not in names:
+            print(
+                f"stasis: run {listing['run_id']} has no artifact {args.download!r}; "
+                f"it has {names}",
+                file=sys.stderr,
+            )
+            return 2
+        target = Path(args.output or args.download)
+        size = await client.download(f"{path}/{args.download}", params, target)
+    print(f"wrote {size} bytes to {target}")
     return 0
 
 

@@ -1,7 +1,10 @@
 """A pipeline's artifacts listed and downloaded through the API, on both stores."""
 
+import asyncio
 import hashlib
 import io
+import subprocess
+import sys
 import tarfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -167,3 +170,37 @@ async def test_retention_removes_and_records(stack: Stack, tmp_path: Path) -> No
     ):
         assert resp.status == 404
     assert not (tmp_path / "data" / "artifacts" / removed[0]).exists()
+
+
+async def test_cli_lists_and_downloads(stack: Stack, tmp_path: Path) -> None:
+    make_repo(tmp_path / "repo", {".stasis-ci.yaml": PIPELINE})
+    assert stack.gateway is not None
+    async with GatewayClient(stack.gateway.url) as client:
+        accepted = await client.submit({"repository": {"url": str(tmp_path / "repo")}})
+        async for _ in client.stream(accepted["job_id"]):
+            pass
+    target = tmp_path / "out.tar.gz"
+    base = ["--url", stack.gateway.url, "artifacts", accepted["job_id"]]
+    listed = await asyncio.to_thread(_run_cli, base)
+    fetched = await asyncio.to_thread(
+        _run_cli, [*base, "--download", "build.tar.gz", "-o", str(target)]
+    )
+    missing = await asyncio.to_thread(_run_cli, [*base, "--download", "nope.zip"])
+
+    assert listed.returncode == 0
+    assert "build.tar.gz" in listed.stdout
+    assert fetched.returncode == 0
+    with tarfile.open(target) as tar:
+        assert "dist/index.html" in tar.getnames()
+    assert missing.returncode == 2
+    assert "'nope.zip'" in missing.stderr
+
+
+def _run_cli(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli.main", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
