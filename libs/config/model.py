@@ -2,6 +2,7 @@
 
 import os
 import socket
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -199,6 +200,21 @@ class SecretsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Life of an entry no run collected; a run's end removes its job's entry."""
 
 
+class TelemetryConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Metrics, traces and the log line format of one process."""
+
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    """Port of `/metrics` for a scheduler, executor or logsink run alone; unset
+    serves none. The gateway always serves `/metrics` on its HTTP port."""
+    metrics_host: str = "127.0.0.1"
+    otlp_endpoint: str | None = None
+    """Base URL of an OTLP/HTTP collector, e.g. http://127.0.0.1:4318; unset
+    exports no span."""
+    service_name: str = "stasis"
+    """`service.name` of the exported spans."""
+    log_format: Literal["text", "json", "kv"] = "text"
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The whole configuration of a Stasis deployment."""
 
@@ -212,6 +228,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     logsink: LogsinkConfig = msgspec.field(default_factory=LogsinkConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     secrets: SecretsConfig = msgspec.field(default_factory=SecretsConfig)
+    telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
 
     @property
     def workspace_root(self) -> str:

@@ -6,6 +6,8 @@ import nats
 from nats.aio.client import Client
 from nats.errors import NoServersError
 
+from libs.telemetry.connections import NATS_CONNECTIONS
+
 from .errors import NatsUnavailable
 
 log = logging.getLogger(__name__)
@@ -26,9 +28,11 @@ async def connect(url: str, name: str, connect_timeout: float = 5.0) -> Client:
     async def on_disconnect() -> None:
         if client is not None and (client.is_closed or client.is_draining):
             return
+        NATS_CONNECTIONS.record(name, "disconnect")
         log.warning("disconnected from NATS (%s); reconnecting", name)
 
     async def on_reconnect() -> None:
+        NATS_CONNECTIONS.record(name, "reconnect")
         log.info("reconnected to NATS (%s)", name)
 
     client: Client | None = None

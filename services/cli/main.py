@@ -18,6 +18,7 @@ from typing import Any
 from libs.config import Config, ConfigError, load_config
 from libs.events import StasisEventError
 from libs.events.embedded import EmbeddedNats, EmbeddedNatsError
+from libs.telemetry.logformat import set_log_format
 from services.executor.heartbeat import parse_labels
 from services.executor.service import Executor
 from services.gateway import Gateway
@@ -173,6 +174,7 @@ def _add_replay_parser(commands: Any) -> None:
 def _config(args: argparse.Namespace, **overrides: Any) -> Config:
     config = load_config(args.config, overrides=overrides)
     setup_logging(config.log_level)
+    set_log_format(config.telemetry.log_format)
     return config
 
 

@@ -4,6 +4,8 @@ import logging
 import os
 from typing import Protocol
 
+from prometheus_client import CollectorRegistry
+
 from libs.config import Config
 from libs.events.embedded import EmbeddedNats
 from services.executor.service import Executor
@@ -33,6 +35,8 @@ class Stack:
             self.nats = EmbeddedNats(store, port=config.nats.embedded_port)
         self.gateway: Gateway | None = None
         self._started: list[Service] = []
+        self.registry = CollectorRegistry()
+        """Metrics of all four services, served at the gateway's `/metrics`."""
 
     @property
     def nats_url(self) -> str:
@@ -50,11 +54,11 @@ class Stack:
                 await self.nats.start()
                 self._started.append(self.nats)
             url = self.nats_url
-            self.gateway = Gateway(self.config, url)
+            self.gateway = Gateway(self.config, url, self.registry)
             for service in (
-                LogSink(self.config, url),
-                Scheduler(self.config, url),
-                Executor(self.config, url),
+                LogSink(self.config, url, self.registry),
+                Scheduler(self.config, url, registry=self.registry),
+                Executor(self.config, url, registry=self.registry),
                 self.gateway,
             ):
                 await service.start()

@@ -34,6 +34,8 @@ from libs.events.subjects import SYSTEM_STEP
 from libs.pipeline import Pipeline, PipelineError, Step, load_pipeline
 from libs.pipeline.expressions import compile_expression
 from libs.secrets import JobSecrets
+from libs.telemetry.metrics import ExecutorMetrics
+from libs.telemetry.tracing import job_span
 
 from .artifacts import ArtifactCollector
 from .credentials import Credentials
@@ -106,8 +108,10 @@ class JobRunner:
         emit: Emit,
         stop: StopRequest,
         secrets: JobSecrets | None = None,
+        metrics: ExecutorMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics
         self.secrets = secrets or JobSecrets()
         self.credentials = (
             msgspec.convert(self.secrets.credentials, Credentials)
@@ -159,6 +163,8 @@ class JobRunner:
             result = RunResult("failed", f"internal error in the executor: {exc}")
         finally:
             await self._cleanup(workdir, system)
+            if self.metrics is not None:
+                self.metrics.log_bytes.inc(system.bytes_written)
         result.last_log_seq = max(self._progress.last_log_seq, system.last_stream_seq)
         return result
 
@@ -190,7 +196,8 @@ class JobRunner:
         return self._result()
 
     async def _prepare(self, system: StepLog, workdir: Path) -> Pipeline | RunResult:
-        checkout = await self._checkout(system, workdir)
+        with job_span("clone", self.job.job_id, self.run_id, attempt=self.attempt):
+            checkout = await self._checkout(system, workdir)
         if isinstance(checkout, RunResult):
             return checkout
         pipeline = await self._load(system, checkout)
@@ -396,7 +403,15 @@ class JobRunner:
         for attempt in range(1, step.retry.max_attempts + 1):
             if attempt > 1 and not await self._wait_before(step, attempt, deadline):
                 break
-            outcome = await self._run_attempt(pipeline, step, attempt, deadline)
+            with job_span(
+                "step",
+                self.job.job_id,
+                self.run_id,
+                step=step.name,
+                attempt=attempt,
+            ) as span:
+                outcome = await self._run_attempt(pipeline, step, attempt, deadline)
+                span.set_attribute("stasis.outcome", outcome)
             if not self._should_retry(step, outcome, attempt, deadline):
                 break
         self._record(step, outcome)
@@ -506,6 +521,8 @@ class JobRunner:
                 )
         finally:
             last_seq = await step_log.close()
+            if self.metrics is not None:
+                self.metrics.log_bytes.inc(step_log.bytes_written)
             await container.delete(force=True)
 
         duration = time.monotonic() - started
@@ -551,7 +568,16 @@ class JobRunner:
             self._progress.reason = self._progress.reason or reason
         last_attempt = not self._should_retry(step, outcome, attempt, deadline)
         if last_attempt and step.artifacts:
-            await self.artifacts.collect(container, step.name, step.artifacts, step_log)
+            with job_span(
+                "artifact upload",
+                self.job.job_id,
+                self.run_id,
+                step=step.name,
+                attempt=attempt,
+            ):
+                await self.artifacts.collect(
+                    container, step.name, step.artifacts, step_log
+                )
         return outcome, reason, result.exit_code
 
     async def _upload_source(self, container: Any) -> None:

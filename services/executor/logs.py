@@ -33,6 +33,7 @@ from typing import Any, Final, Literal
 from nats.js import JetStreamContext
 
 from libs.events import LogChunk, encode, subjects
+from libs.telemetry.tracing import inject_trace_context
 
 from .capture import CONTINUATION, STREAMS, CapturedText, OutputCapture, Stream
 from .masking import MaskingStream, SecretMasker
@@ -168,7 +169,7 @@ class ChunkPublisher:
         while len(self._window) >= self._max_in_flight:
             await self._settle_oldest()
         msg_id = f"{self._id_prefix}:{seq}"
-        headers = {"Nats-Msg-Id": msg_id}
+        headers = inject_trace_context({"Nats-Msg-Id": msg_id})
         if hasattr(self._js, "publish_async"):
             future = await self._js.publish_async(
                 self._subject, payload, stream=subjects.LOGS_STREAM, headers=headers

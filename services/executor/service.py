@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from prometheus_client import CollectorRegistry
 
 from libs.config import Config
 from libs.events import (
@@ -36,6 +37,10 @@ from libs.events.fold import RunState
 from libs.events.journal import append, read_job
 from libs.events.streams import dispatch_consumer_config, ensure_consumer
 from libs.secrets import JobSecrets, SecretsUnavailable
+from libs.telemetry.logformat import job_fields
+from libs.telemetry.metrics import ExecutorMetrics
+from libs.telemetry.service import ServiceTelemetry
+from libs.telemetry.tracing import inject_trace_context, job_span
 from services.runtime import ServiceState, connect_jetstream, open_vault
 
 from .docker_runner import DockerRunner, StopRequest
@@ -54,6 +59,7 @@ class Executor:
         config: Config,
         nats_url: str | None = None,
         labels: tuple[str, ...] | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.config = config
         self.state = ServiceState.CREATED
@@ -76,6 +82,9 @@ class Executor:
             lambda: len(self._runs),
             interval=float(cfg.heartbeat_interval),
         )
+        self.telemetry = ServiceTelemetry(config.telemetry, "executor", registry)
+        self.metrics = ExecutorMetrics(self.telemetry.registry)
+        self.metrics.track_slots(lambda: len(self._runs), cfg.max_concurrent_jobs)
 
     @property
     def busy_slots(self) -> int:
@@ -85,6 +94,7 @@ class Executor:
     async def start(self) -> None:
         """Connect to NATS and Docker, then start pulling orders."""
         self.state = ServiceState.STARTING
+        await self.telemetry.start()
         cfg = self.config.executor
         self._docker = aiodocker.Docker(url=cfg.docker_url)
         try:
@@ -140,6 +150,7 @@ class Executor:
             await self._nc.close()
         if self._docker is not None:
             await self._docker.close()
+        await self.telemetry.stop()
         self.state = ServiceState.STOPPED
         log.info("executor %s stopped", self.config.executor.id)
 
@@ -230,13 +241,29 @@ class Executor:
     async def _handle(self, msg: Msg, job_id: str, run_id: str) -> None:
         if await self._heartbeat.declines(msg):
             return
+        delivered = msg.metadata.num_delivered
+        if delivered > 1:
+            self.metrics.redeliveries.inc()
         keeper = asyncio.create_task(self._keep_alive(msg))
         try:
-            await self._claim_and_run(msg, job_id, run_id)
+            with job_span(
+                "executor run",
+                job_id,
+                run_id,
+                parent_headers=msg.headers,
+                executor_id=self.config.executor.id,
+                delivery=delivered,
+            ):
+                await self._claim_and_run(msg, job_id, run_id)
             await msg.ack()
         except Exception:
             # The order is not acked: it comes back after the ack wait.
-            log.exception("handling run %s of job %s failed", run_id, job_id)
+            log.exception(
+                "handling run %s of job %s failed",
+                run_id,
+                job_id,
+                extra=job_fields(job_id, run_id),
+            )
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -338,6 +365,7 @@ class Executor:
             msg_id=f"{run.run_id}:finished",
             expected_last_seq=last,
         )
+        self.metrics.runs_finished.labels("failed").inc()
         return 0
 
     async def _execute(
@@ -353,7 +381,13 @@ class Executor:
 
         async def emit(event: AnyEvent, key: str) -> None:
             assert self._js is not None
-            await append(self._js, event, msg_id=f"{run_id}:{attempt}:{key}")
+            await append(
+                self._js,
+                event,
+                msg_id=f"{run_id}:{attempt}:{key}",
+                headers=inject_trace_context({}),
+            )
+            self.metrics.observe_event(event)
 
         try:
             secrets = await self._secrets_of(job)
@@ -370,6 +404,7 @@ class Executor:
             emit,
             stop,
             secrets,
+            metrics=self.metrics,
         )
         try:
             result = await runner.run()
@@ -403,6 +438,7 @@ class Executor:
             ),
             msg_id=f"{run_id}:finished",
         )
+        self.metrics.observe_run(result.outcome, duration)
         log.info(
             "run %s of job %s finished: %s in %.2fs %s",
             run_id,
@@ -410,6 +446,7 @@ class Executor:
             result.outcome,
             duration,
             result.reason,
+            extra=job_fields(job.job_id, run_id),
         )
 
     async def _on_job_event(self, msg: Msg) -> None:

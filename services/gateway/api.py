@@ -24,6 +24,9 @@ from libs.events.journal import append, read_job, read_subject
 from libs.events.schema import events_json_schema
 from libs.pipeline import pipeline_json_schema
 from libs.secrets import JobSecrets
+from libs.telemetry.http import GATEWAY_METRICS_KEY
+from libs.telemetry.logformat import job_fields
+from libs.telemetry.tracing import inject_trace_context, set_job_attributes
 from services.executor.capture import strip_control
 from services.executor.credentials import Credentials
 from services.executor.logs import chunk_bytes
@@ -121,6 +124,7 @@ async def submit_job(request: web.Request) -> web.Response:
         secret_names=sorted(job_request.secrets),
         credentials_kind=_credentials_kind(secrets),
     )
+    set_job_attributes(event.job_id, event.run_id)
     key = request.headers.get("Idempotency-Key")
     js = request.app[JS_KEY]
     vault = request.app[VAULT_KEY]
@@ -131,7 +135,7 @@ async def submit_job(request: web.Request) -> web.Response:
         js,
         event,
         msg_id=f"submit:{key}" if key else None,
-        headers={REQUEST_DIGEST_HEADER: digest},
+        headers=inject_trace_context({REQUEST_DIGEST_HEADER: digest}),
     )
     if key:
         made_up = event.job_id
@@ -154,7 +158,14 @@ async def submit_job(request: web.Request) -> web.Response:
         seq=seq,
         links=job_links(base, event.job_id),
     )
-    log.info("job %s submitted for %s", event.job_id, repo.url)
+    log.info(
+        "job %s submitted for %s",
+        event.job_id,
+        repo.url,
+        extra=job_fields(event.job_id, event.run_id),
+    )
+    if GATEWAY_METRICS_KEY in request.app:
+        request.app[GATEWAY_METRICS_KEY].jobs_submitted.inc()
     return json_response(
         accepted, status=202, Location=accepted.links.self, **{"Stasis-Seq": str(seq)}
     )

@@ -445,6 +445,17 @@ def _operations() -> dict[tuple[str, str], Operation]:
                 "503": _json("Health", "Not connected, or still replaying."),
             },
         ),
+        ("get", "/metrics"): Operation(
+            summary="Prometheus metrics of the gateway (with `stasis up`, of all)",
+            tag="service",
+            responses={
+                "200": _raw(
+                    "text/plain; version=0.0.4",
+                    "The metrics in Prometheus's text format.",
+                    {"type": "string"},
+                )
+            },
+        ),
         ("get", "/api/v1/schemas/pipeline.json"): Operation(
             summary="JSON Schema of `.stasis-ci.yaml`",
             tag="schemas",

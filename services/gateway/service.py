@@ -7,10 +7,18 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from prometheus_client import CollectorRegistry
 
 from libs.artifacts import ArtifactStore
 from libs.artifacts.from_config import store_from_config
 from libs.config import Config
+from libs.telemetry.http import (
+    GATEWAY_METRICS_KEY,
+    add_metrics_route,
+    telemetry_middleware,
+)
+from libs.telemetry.metrics import GatewayMetrics
+from libs.telemetry.service import ServiceTelemetry
 from libs.units import parse_size
 from services.runtime import ServiceState, connect_jetstream, open_vault
 
@@ -60,7 +68,12 @@ async def problem_middleware(
 class Gateway:
     """The HTTP API in front of the event streams."""
 
-    def __init__(self, config: Config, nats_url: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        nats_url: str | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.config = config
         self.state = ServiceState.CREATED
         self._nats_url = nats_url
@@ -70,6 +83,10 @@ class Gateway:
         self.port: int | None = None
         self._store: ArtifactStore | None = None
         self._retention: asyncio.Task[None] | None = None
+        self.telemetry = ServiceTelemetry(
+            config.telemetry, "gateway", registry, serve_metrics=False
+        )
+        self.metrics = GatewayMetrics(self.telemetry.registry)
 
     def make_app(self) -> web.Application:
         """Build the aiohttp application (connected state is added in start)."""
@@ -78,6 +95,7 @@ class Gateway:
         # key, and job ownership is checked last, just before the handler.
         app = web.Application(
             middlewares=[
+                telemetry_middleware,
                 problem_middleware,
                 authenticate,
                 apply_limits,
@@ -87,6 +105,8 @@ class Gateway:
         )
         app[AUTHENTICATOR_KEY] = Authenticator.from_config(auth)
         app[LIMITS_KEY] = RequestLimits(auth)
+        app[GATEWAY_METRICS_KEY] = self.metrics
+        add_metrics_route(app, self.telemetry.registry)
         add_routes(app)
         add_artifact_routes(app)
         add_docs_routes(app)
@@ -95,6 +115,7 @@ class Gateway:
     async def start(self) -> None:
         """Connect, replay the projection, then listen for HTTP."""
         self.state = ServiceState.STARTING
+        await self.telemetry.start()
         self._nc, js = await connect_jetstream(
             self.config, "stasis-gateway", self._nats_url
         )
@@ -157,5 +178,6 @@ class Gateway:
             await self._store.close()
         if self._nc is not None:
             await self._nc.close()
+        await self.telemetry.stop()
         self.state = ServiceState.STOPPED
         log.info("gateway stopped")

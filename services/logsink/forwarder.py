@@ -40,6 +40,7 @@ from nats.js.errors import NotFoundError
 from libs.config import ForwardEndpoint
 from libs.events import decode_chunk, subjects
 from libs.events.streams import ensure_consumer
+from libs.telemetry.tracing import log_batch_span
 
 log = logging.getLogger(__name__)
 
@@ -461,7 +462,8 @@ class EndpointForwarder:
             self._state.in_flight = (batch.first_seq, batch.last_seq)
             await asyncio.to_thread(self._state_file.save, self._state)
 
-            failure = await self._send(batch)
+            with log_batch_span(batch.messages, self.index, batch.batch_id):
+                failure = await self._send(batch)
             if failure is not None:
                 await self._dead_letter(batch, failure)
 

@@ -15,6 +15,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from prometheus_client import CollectorRegistry
 
 from libs.config import Config
 from libs.events import LogChunk, decode_chunk, subjects
@@ -23,6 +24,8 @@ from libs.events.streams import (
     ensure_consumer,
     logsink_consumer_config,
 )
+from libs.telemetry.metrics import LogsinkMetrics
+from libs.telemetry.service import ServiceTelemetry
 from services.runtime import ServiceState, connect_jetstream
 
 from .forwarder import EndpointForwarder, StreamEntry, read_stream_range, unacked_range
@@ -38,7 +41,12 @@ RETRY_DELAY = 1.0
 class LogSink:
     """Persists log chunks; see the module docstring."""
 
-    def __init__(self, config: Config, nats_url: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        nats_url: str | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.config = config
         self.state = ServiceState.CREATED
         self.store = LogFileStore(config.logs_dir)
@@ -46,10 +54,13 @@ class LogSink:
         self._nats_url = nats_url
         self._nc: Client | None = None
         self._task: asyncio.Task[None] | None = None
+        self.telemetry = ServiceTelemetry(config.telemetry, "logsink", registry)
+        self.metrics = LogsinkMetrics(self.telemetry.registry)
 
     async def start(self) -> None:
         """Connect, persist what a previous run left unacked, then follow the stream."""
         self.state = ServiceState.STARTING
+        await self.telemetry.start()
         self._nc, js = await connect_jetstream(
             self.config, "stasis-logsink", self._nats_url
         )
@@ -78,6 +89,7 @@ class LogSink:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._nc is not None:
             await self._nc.close()
+        await self.telemetry.stop()
         self.state = ServiceState.STOPPED
         log.info("logsink stopped")
 
@@ -115,6 +127,7 @@ class LogSink:
                 for msg in messages
             ]
             await self._persist_until_done(entries)
+            self.metrics.persisted_bytes.inc(sum(len(e.data) for e in entries))
             for msg in messages:
                 await msg.ack()
 

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
+from prometheus_client import CollectorRegistry
 
 from libs.config import Config
 from libs.events import (
@@ -40,6 +41,10 @@ from libs.events import (
 from libs.events.journal import StoredEvent, append, follow
 from libs.events.streams import dispatch_consumer_config, ensure_consumer
 from libs.events.types import RunDispatched, RunHeld
+from libs.telemetry.logformat import job_fields
+from libs.telemetry.metrics import SchedulerMetrics
+from libs.telemetry.service import ServiceTelemetry
+from libs.telemetry.tracing import headers_at, inject_trace_context, job_span
 from services.executor.heartbeat import (
     ExecutorHeartbeat,
     open_heartbeat_bucket,
@@ -62,6 +67,7 @@ class Scheduler:
         nats_url: str | None = None,
         rules: SchedulingRules | None = None,
         tick: float = 1.0,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.config = config
         self.rules = rules or rules_from_config(config)
@@ -83,10 +89,13 @@ class Scheduler:
         self._pools: set[str] = set()
         self._beats: dict[str, tuple[int, float, ExecutorHeartbeat]] = {}
         """Executor id to (bucket revision, monotonic time it changed, record)."""
+        self.telemetry = ServiceTelemetry(config.telemetry, "scheduler", registry)
+        self.metrics = SchedulerMetrics(self.telemetry.registry)
 
     async def start(self) -> None:
         """Connect, replay the job events and start scheduling."""
         self.state = ServiceState.STARTING
+        await self.telemetry.start()
         self._nc, self._js = await connect_jetstream(
             self.config, "stasis-scheduler", self._nats_url
         )
@@ -106,6 +115,7 @@ class Scheduler:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._nc is not None:
             await self._nc.close()
+        await self.telemetry.stop()
         self.state = ServiceState.STOPPED
         log.info("scheduler stopped")
 
@@ -182,6 +192,7 @@ class Scheduler:
             datetime.now(UTC),
             self.rules,
         )
+        self.metrics.set_queue_depth(jobs.values())
         await self._apply(decided, jobs, seqs)
 
     async def _apply(
@@ -247,6 +258,7 @@ class Scheduler:
                 f" at position {decision.position}: {decision.reason}"
                 if not decision.dispatch
                 else "",
+                extra=job_fields(job.job_id, run.run_id),
             )
         elif not decision.dispatch and _worth_recording(
             run.queue_position, run.queue_reason, decision, self.rules.exact_positions
@@ -275,14 +287,31 @@ class Scheduler:
             labels=list(job.labels),
             effective_priority=decision.effective_priority,
         )
-        await self._append(dispatched, f"{run_id}:dispatched", seqs)
-        await self._publish_order(job)
+        assert self._js is not None
+        submitted_at = job.last_run.submitted_at
+        origin = await headers_at(
+            self._js, subjects.JOBS_STREAM, self._origin_seq.get(run_id, 0)
+        )
+        with job_span(
+            "scheduler queue",
+            job.job_id,
+            run_id,
+            parent_headers=origin,
+            start_time=submitted_at,
+            effective_priority=decision.effective_priority,
+        ):
+            await self._append(dispatched, f"{run_id}:dispatched", seqs)
+            await self._publish_order(job)
+        waited = (datetime.now(UTC) - submitted_at).total_seconds()
+        self.metrics.queue_wait.observe(max(0.0, waited))
+        self.metrics.dispatched.inc()
         log.info(
             "dispatched run %s of job %s to pool %s (effective priority %d)",
             run_id,
             job.job_id,
             job.pool,
             decision.effective_priority,
+            extra=job_fields(job.job_id, run_id),
         )
 
     async def _publish_order(self, job: JobState) -> None:
@@ -304,7 +333,7 @@ class Scheduler:
             subjects.dispatch_subject(job.pool),
             encode(order),
             stream=subjects.DISPATCH_STREAM,
-            headers={"Nats-Msg-Id": f"{order.run_id}:dispatch"},
+            headers=inject_trace_context({"Nats-Msg-Id": f"{order.run_id}:dispatch"}),
         )
 
     async def _republish_dispatched(self) -> None:
@@ -322,7 +351,14 @@ class Scheduler:
             job_id=job.job_id, run_id=run.run_id, outcome="expired", reason=reason
         )
         await self._append(finished, f"{run.run_id}:finished", seqs)
-        log.info("run %s of job %s expired: %s", run.run_id, job.job_id, reason)
+        self.metrics.runs_finished.labels("expired").inc()
+        log.info(
+            "run %s of job %s expired: %s",
+            run.run_id,
+            job.job_id,
+            reason,
+            extra=job_fields(job.job_id, run.run_id),
+        )
 
     async def _finish_cancelled(self, job: JobState, seqs: dict[str, int]) -> None:
         run = job.last_run
@@ -333,7 +369,13 @@ class Scheduler:
             reason="cancelled before an executor started it",
         )
         await self._append(finished, f"{run.run_id}:finished", seqs)
-        log.info("cancelled queued run %s of job %s", run.run_id, job.job_id)
+        self.metrics.runs_finished.labels("cancelled").inc()
+        log.info(
+            "cancelled queued run %s of job %s",
+            run.run_id,
+            job.job_id,
+            extra=job_fields(job.job_id, run.run_id),
+        )
 
 
 def _worth_recording(
