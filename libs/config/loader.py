@@ -38,6 +38,8 @@ _SIZES = (
     "nats.logs_max_bytes",
     "executor.resources.memory",
     "artifacts.max_bytes_per_job",
+    "executor.max_log_bytes",
+    "executor.log_tail_bytes",
     "artifacts.multipart_threshold",
     "artifacts.part_size",
 )

@@ -74,6 +74,10 @@ class ExecutorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     network: str = "bridge"
     """Docker network mode of job containers; "none" disables networking."""
     pull_images: bool = True
+    max_log_bytes: int | str = "64m"
+    """Log bytes one run may send; past it a notice, then only the last
+    `log_tail_bytes` of each step are kept."""
+    log_tail_bytes: int | str = "64k"
     labels: list[str] = []
     """Labels this executor offers, such as docker or arm64; jobs may ask for them."""
     heartbeat_interval: float | str = "2s"

@@ -497,6 +497,7 @@ class JobRunner:
             attempt,
             masker=self.masker,
             budget=self.log_budget,
+            tail_bytes=int(self.config.executor.log_tail_bytes),
         )
         try:
             await self._upload_source(container)

@@ -32,6 +32,7 @@ from typing import Any, Final, Literal
 
 from nats.js import JetStreamContext
 
+from libs.config import ExecutorConfig
 from libs.events import LogChunk, encode, subjects
 from libs.telemetry.tracing import inject_trace_context
 
@@ -67,16 +68,9 @@ class LogBudget:
         self.used = 0
 
     @classmethod
-    def for_executor(cls, executor: object) -> "LogBudget":
-        """Return a budget of `executor.max_log_bytes`, else of DEFAULT_MAX_LOG_BYTES.
-
-        TODO: read the setting directly once `executor.max_log_bytes` is in the
-        config model; until then every run gets the default.
-        """
-        configured = getattr(executor, "max_log_bytes", None)
-        if configured is None:
-            return cls(DEFAULT_MAX_LOG_BYTES)
-        return cls(int(configured))
+    def for_executor(cls, executor: ExecutorConfig) -> "LogBudget":
+        """Return a budget of the configured `executor.max_log_bytes`."""
+        return cls(int(executor.max_log_bytes))
 
     def take(self, size: int) -> bool:
         """Count `size` bytes and return True, or return False if they do not fit."""

@@ -19,7 +19,6 @@ import aiohttp
 import msgspec
 import pytest
 
-from libs.config import ExecutorConfig
 from libs.events import connect, subjects
 from libs.events.embedded import EmbeddedNats
 from services.cli.client import GatewayClient, ServerSentEvent, parse_sse
@@ -71,15 +70,9 @@ async def stack_factory(
 
 
 @pytest.fixture
-async def limited_stack(
-    stack_factory: StackFactory, monkeypatch: pytest.MonkeyPatch
-) -> Stack:
+async def limited_stack(stack_factory: StackFactory) -> Stack:
     """A stack whose runs may log LOG_LIMIT bytes."""
-    if "max_log_bytes" in ExecutorConfig.__struct_fields__:
-        return await stack_factory(**{"executor.max_log_bytes": LOG_LIMIT})
-    # Until the config has the key, the executor falls back to this default.
-    monkeypatch.setattr(executor_logs, "DEFAULT_MAX_LOG_BYTES", LOG_LIMIT)
-    return await stack_factory()
+    return await stack_factory(**{"executor.max_log_bytes": LOG_LIMIT})
 
 
 def gateway_url(stack: Stack) -> str:
