@@ -24,31 +24,43 @@ class NatsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     embedded_port: int = 0
     """Port of the embedded server on 127.0.0.1; 0 picks a free one."""
     replicas: int = 1
+    """Stream replicas; 3 in a three-node cluster."""
     jobs_max_age: float | str = "30d"
+    """How long job events are kept."""
     logs_max_age: float | str = "7d"
+    """How long log chunks stay in NATS; the logsink's files stay."""
     logs_max_bytes: int | str = -1
+    """Size cap of the logs stream; -1 is none."""
     duplicate_window: float | str = "2m"
+    """How long a repeated Idempotency-Key or message id is recognised."""
     ack_wait: float | str = "30s"
     """How long a dispatch message stays with an executor between progress acks."""
     connect_timeout: float | str = "5s"
+    """Time the first connection attempt may take."""
 
 
 class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The gateway's HTTP listener."""
 
     host: str = "127.0.0.1"
+    """Address the gateway listens on."""
     port: int = 8080
+    """Gateway port; 0 picks a free one."""
     public_url: str | None = None
     """Base URL put in links of responses; defaults to http://host:port."""
     sse_heartbeat: float | str = "15s"
+    """Interval of SSE comment lines that keep proxies from closing idle streams."""
 
 
 class ResourceLimits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Limits applied to every job container."""
 
     cpus: float = 1.0
+    """CPUs per step container."""
     memory: int | str = "1g"
+    """Memory limit per step container."""
     pids: int = 512
+    """Process limit per step container."""
 
 
 class Timeouts(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -59,6 +71,7 @@ class Timeouts(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     step: float | str = "1h"
     """Maximum time of one step; a pipeline's own `timeout` is capped by it."""
     clone: float | str = "5m"
+    """Maximum time of the clone."""
     kill_grace: float | str = "10s"
     """Time between SIGTERM and SIGKILL when a step is stopped."""
 
@@ -67,17 +80,22 @@ class ExecutorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """One executor process."""
 
     id: str = msgspec.field(default_factory=_default_executor_id)
+    """Name recorded in run.started and in heartbeats."""
     pool: str = "default"
+    """Dispatch subject the executor pulls orders from."""
     max_concurrent_jobs: int = 2
+    """Slots: runs this executor runs at the same time."""
     workspace_root: str | None = None
     """Host directory for clones before upload; defaults to <data_dir>/workspaces."""
     network: str = "bridge"
     """Docker network mode of job containers; "none" disables networking."""
     pull_images: bool = True
+    """Pull a missing image; off, a missing image fails the run."""
     max_log_bytes: int | str = "64m"
     """Log bytes one run may send; past it a notice, then only the last
     `log_tail_bytes` of each step are kept."""
     log_tail_bytes: int | str = "64k"
+    """Last bytes of each step kept after the log limit is reached."""
     labels: list[str] = []
     """Labels this executor offers, such as docker or arm64; jobs may ask for them."""
     heartbeat_interval: float | str = "2s"
@@ -100,6 +118,7 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_running: int | None = None
     """Runs dispatched or running at once, over every pool."""
     max_running_per_repository: int | None = None
+    """Runs of one repository dispatched or running at once."""
     max_running_per_key: int | None = None
     """Per API key; submissions without a key share one limit."""
     max_queue_time: float | str = "1h"
@@ -122,15 +141,21 @@ class ArtifactsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_bytes_per_job: int | str = "1g"
     """Largest total size of the files one step may collect."""
     bucket: str | None = None
+    """S3 bucket of the s3 store."""
     prefix: str = ""
+    """Key prefix inside the bucket."""
     region: str | None = None
+    """S3 region; unset uses the AWS environment."""
     endpoint_url: str | None = None
     """S3-compatible endpoint; unset uses AWS."""
     access_key_id: str | None = None
     """Unset uses the standard AWS environment and credential chain."""
     secret_access_key: str | None = None
+    """Secret key that goes with access_key_id."""
     multipart_threshold: int | str = "8m"
+    """Files above this size are uploaded to S3 in parts."""
     part_size: int | str = "8m"
+    """Size of each part of a multipart upload."""
     retention: float | str | None = None
     """Age after which the gateway deletes an artifact and records that it did;
     unset keeps artifacts for as long as the store does."""
@@ -161,6 +186,7 @@ class LogsinkConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Where the logsink sends log chunks besides its own files."""
 
     forward: list[ForwardEndpoint] = []
+    """HTTP endpoints that receive log chunks in batches; see docs/logs.md."""
 
 
 class AuthConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -172,6 +198,7 @@ class AuthConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """
 
     enabled: bool = False
+    """Require an API key on every path but the public ones."""
     api_keys: list[str] = []
     """Keys in plain text or as `sha256:<hex>`; each sees only its own jobs."""
     admin_keys: list[str] = []
@@ -211,19 +238,23 @@ class TelemetryConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Port of `/metrics` for a scheduler, executor or logsink run alone; unset
     serves none. The gateway always serves `/metrics` on its HTTP port."""
     metrics_host: str = "127.0.0.1"
+    """Address of that `/metrics` listener."""
     otlp_endpoint: str | None = None
     """Base URL of an OTLP/HTTP collector, e.g. http://127.0.0.1:4318; unset
     exports no span."""
     service_name: str = "stasis"
     """`service.name` of the exported spans."""
     log_format: Literal["text", "json", "kv"] = "text"
+    """Log lines as text, JSON or key=value, with job, run and step ids."""
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The whole configuration of a Stasis deployment."""
 
     data_dir: str = msgspec.field(default_factory=_default_data_dir)
+    """Embedded NATS store, logs, artifacts and clones live below it."""
     log_level: str = "INFO"
+    """DEBUG also logs every HTTP request and message."""
     nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     executor: ExecutorConfig = msgspec.field(default_factory=ExecutorConfig)
