@@ -70,6 +70,8 @@ def make_config(tmp_path: Path, **overrides: Any) -> Config:
         "executor.network": "none",
         "executor.pull_images": False,
         "executor.timeouts.kill_grace": "2s",
+        # A stack stopped with a run still going must not wait the default 30 s.
+        "executor.drain_timeout": "2s",
         "nats.ack_wait": "5s",
     }
     settings.update(overrides)

@@ -44,7 +44,7 @@ from libs.telemetry.tracing import inject_trace_context, job_span
 from services.runtime import ServiceState, connect_jetstream, open_vault
 
 from .docker_runner import DockerRunner, StopRequest
-from .drain import drain_timeout, order_of
+from .drain import drain_timeout
 from .heartbeat import Heartbeat
 from .job_runner import JobRunner, RunResult
 
@@ -71,6 +71,12 @@ class Executor:
         self._puller: asyncio.Task[None] | None = None
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, StopRequest] = {}
+        self._orders: dict[str, tuple[Msg, str]] = {}
+        """The dispatch order and job id of each running run, by run id."""
+        self._attempts: dict[str, int] = {}
+        """The attempt this executor runs of each running run."""
+        self._superseded: set[str] = set()
+        """Runs whose attempt here was declared lost by another executor."""
         cfg = config.executor
         if labels is None:
             labels = tuple(cfg.labels)
@@ -170,7 +176,7 @@ class Executor:
 
     async def _hand_back(self, run_id: str, task: asyncio.Task[None]) -> None:
         """Stop a run that outlived the drain and give its order back to the pool."""
-        handled = order_of(task)
+        handled = self._orders.get(run_id)
         secrets = None
         if handled is not None:
             # The run's own clean-up purges the job's secrets; the next
@@ -230,10 +236,14 @@ class Executor:
         order = decode_dispatch(msg.data)
         task = asyncio.create_task(self._handle(msg, order.job_id, order.run_id))
         self._runs[order.run_id] = task
+        self._orders[order.run_id] = (msg, order.job_id)
 
         def finished(_: asyncio.Task[None]) -> None:
             self._runs.pop(order.run_id, None)
+            self._orders.pop(order.run_id, None)
             self._stops.pop(order.run_id, None)
+            self._attempts.pop(order.run_id, None)
+            self._superseded.discard(order.run_id)
             self._slots.release()
 
         task.add_done_callback(finished)
@@ -376,6 +386,7 @@ class Executor:
         if cancel_requested:
             stop.requested.set()
         self._stops[run_id] = stop
+        self._attempts[run_id] = attempt
         started = time.monotonic()
         log.info("run %s of job %s started (attempt %d)", run_id, job.job_id, attempt)
 
@@ -421,10 +432,49 @@ class Executor:
             return None
         return await self._vault.get(job.job_id)
 
+    async def _still_ours(self, job: JobState, run_id: str) -> bool:
+        """Tell whether the run's current attempt is the one this executor ran."""
+        assert self._js is not None
+        state = fold(s.event for s in await read_job(self._js, job.job_id))
+        run = state.run(run_id) if state else None
+        if run is None or run.finished:
+            return False
+        return run.attempt == self._attempts.get(run_id, run.attempt) and (
+            run.executor_id == self.config.executor.id
+        )
+
+    def _on_attempt_lost(self, event: AnyEvent) -> None:
+        """Stop a run here at once when another executor declared its attempt lost.
+
+        That happens when this executor's progress acks did not reach NATS for
+        longer than the ack wait (a NATS restart, a network split): the order
+        went to another executor, which now runs the next attempt.
+        """
+        if not isinstance(event, AttemptLost):
+            return
+        attempt = self._attempts.get(event.run_id)
+        stop = self._stops.get(event.run_id)
+        if attempt != event.attempt or stop is None:
+            return
+        self._superseded.add(event.run_id)
+        stop.hurry.set()
+        stop.requested.set()
+        log.warning(
+            "attempt %d of run %s was declared lost by another executor; "
+            "stopping it here without recording an outcome",
+            attempt,
+            event.run_id,
+        )
+
     async def _finish(
         self, job: JobState, run_id: str, result: RunResult, started: float
     ) -> None:
         assert self._js is not None
+        if run_id in self._superseded or not await self._still_ours(job, run_id):
+            log.info(
+                "run %s has a newer attempt elsewhere; its outcome is theirs", run_id
+            )
+            return
         duration = time.monotonic() - started
         await append(
             self._js,
@@ -450,7 +500,11 @@ class Executor:
         )
 
     async def _on_job_event(self, msg: Msg) -> None:
-        # Core NATS sees every append to a job subject; only cancels matter here.
+        # Core NATS sees every append to a job subject; only cancels and
+        # lost attempts of runs this executor runs matter here.
+        if b'"run.attempt_lost"' in msg.data:
+            self._on_attempt_lost(decode_event(msg.data))
+            return
         if b'"run.cancel_requested"' not in msg.data:
             return
         event = decode_event(msg.data)
