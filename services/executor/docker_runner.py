@@ -108,6 +108,11 @@ class DockerRunner:
             ) from exc
         output.append(f"pulled image {image}")
 
+    async def image_id(self, image: str) -> str:
+        """Return the content-addressed id of `image`."""
+        info = await self.docker.images.inspect(image)
+        return str(info["Id"])
+
     async def image_path(self, image: str) -> str:
         """Return the PATH that `image` sets, or Docker's default when it sets none."""
         info = await self.docker.images.inspect(image)

@@ -72,6 +72,12 @@ Emit = Callable[[AnyEvent, str], Awaitable[None]]
 CLEANUP_GRACE_PERIODS = 3
 
 
+_SHELLS_FOUND: dict[tuple[str, str, str], bool] = {}
+"""Whether a shell is in an image's PATH, by (image id, shell, PATH). Image ids
+are content hashes, so an entry never goes stale."""
+_SHELLS_FOUND_MAX = 1024
+
+
 @dataclass
 class RunResult:
     """The outcome of one attempt of a run, for the `run.finished` event."""
@@ -89,8 +95,6 @@ class _Progress:
     last_log_seq: int = 0
     uploaded: bool = False
     step_outcomes: dict[str, str] = field(default_factory=dict)
-    shells: dict[tuple[str, str], bool] = field(default_factory=dict)
-    """Whether each (shell, PATH) pair was found in the image."""
     missing_shell: bool = False
 
 
@@ -600,10 +604,15 @@ class JobRunner:
         """
         shell = pipeline.step_shell(step)
         path = env.get("PATH") or await self.docker.image_path(pipeline.image)
-        found = self._progress.shells.get((shell, path))
+        key = (await self.docker.image_id(pipeline.image), shell, path)
+        found = _SHELLS_FOUND.get(key)
         if found is None:
+            # The archive request mounts the container's file system, which
+            # costs 100 to 300 ms, so each image is asked once per process.
             found = await self.docker.find_executable(container, shell, path)
-            self._progress.shells[(shell, path)] = found
+            if len(_SHELLS_FOUND) >= _SHELLS_FOUND_MAX:
+                _SHELLS_FOUND.clear()
+            _SHELLS_FOUND[key] = found
         if found:
             return ""
         self._progress.missing_shell = True
