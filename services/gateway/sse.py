@@ -26,6 +26,7 @@ from aiohttp_sse import EventSourceResponse, sse_response
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import APIError
 
 from libs.events import RunFinished, decode_event, event_tag, subjects
 
@@ -111,31 +112,49 @@ class JobStream:
     async def serve(self, request: web.Request, heartbeat: float) -> web.StreamResponse:
         """Send the job's events and logs to the client until the job ends."""
         headers = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
-        async with sse_response(
-            request, headers=headers, ping_interval=heartbeat
-        ) as resp:
-            subscriptions: list[tuple[str, Any]] = []
-            try:
-                events = await _ordered(
-                    self.js,
-                    subjects.JOBS_STREAM,
-                    subjects.job_subject(self.job_id),
-                    self.event_pos,
-                )
-                subscriptions.append((subjects.JOBS_STREAM, events))
-                logs = await _ordered(
-                    self.js,
-                    subjects.LOGS_STREAM,
-                    subjects.job_logs_filter(self.job_id),
-                    self.log_pos,
-                )
-                subscriptions.append((subjects.LOGS_STREAM, logs))
-                await self._pump(request, resp, events, logs)
-            except (ConnectionResetError, RuntimeError, TimeoutError) as exc:
-                log.debug("SSE client of job %s left: %s", self.job_id, exc)
-            finally:
-                await asyncio.shield(self._release(subscriptions))
+        subscriptions: list[tuple[str, Any]] = []
+        try:
+            # Subscribe before the response starts, so that a refusal can still
+            # be answered with a status code.
+            events, logs = await self._subscribe(subscriptions)
+            async with sse_response(
+                request, headers=headers, ping_interval=heartbeat
+            ) as resp:
+                try:
+                    await self._pump(request, resp, events, logs)
+                except (ConnectionResetError, RuntimeError, TimeoutError) as exc:
+                    log.debug("SSE client of job %s left: %s", self.job_id, exc)
+        finally:
+            await asyncio.shield(self._release(subscriptions))
         return resp
+
+    async def _subscribe(self, subscriptions: list[tuple[str, Any]]) -> tuple[Any, Any]:
+        """Create the two ordered consumers of this stream, or raise a 503 problem."""
+        try:
+            events = await _ordered(
+                self.js,
+                subjects.JOBS_STREAM,
+                subjects.job_subject(self.job_id),
+                self.event_pos,
+            )
+            subscriptions.append((subjects.JOBS_STREAM, events))
+            logs = await _ordered(
+                self.js,
+                subjects.LOGS_STREAM,
+                subjects.job_logs_filter(self.job_id),
+                self.log_pos,
+            )
+            subscriptions.append((subjects.LOGS_STREAM, logs))
+        except APIError as exc:
+            log.warning("SSE stream of job %s refused by NATS: %s", self.job_id, exc)
+            raise ProblemError(
+                503,
+                "Stream unavailable",
+                f"NATS refused a consumer for the live stream of job {self.job_id} "
+                f"({exc.description}); retry shortly, or raise the server's consumer "
+                "limit if many clients follow jobs at once",
+            ) from exc
+        return events, logs
 
     async def _release(self, subscriptions: list[tuple[str, Any]]) -> None:
         """Unsubscribe and delete the consumers, so that none outlives the client."""
