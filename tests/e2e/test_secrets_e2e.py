@@ -78,7 +78,9 @@ async def test_secrets_never_leave_the_job(stack: Stack, tmp_path: Path) -> None
                 await client.request("GET", f"/api/v1/jobs/{job_id}/logs"),
                 await client.request("GET", f"/api/v1/jobs/{job_id}/logs?format=json"),
                 await client.request("GET", "/api/v1/jobs"),
+                await client.request("GET", f"/api/v1/jobs/{job_id}/logs?format=raw"),
             ]
+            metrics = await client.request("GET", "/metrics")
     finally:
         server.stop()
 
@@ -106,11 +108,13 @@ async def test_secrets_never_leave_the_job(stack: Stack, tmp_path: Path) -> None
         path.read_bytes() for path in (tmp_path / "data" / "logs").rglob("*.log")
     )
     assert stored_logs
+    assert "stasis_" in metrics
     haystacks = {
         "streams": b"".join(streams).decode(errors="replace"),
         "stored logs": stored_logs.decode(errors="replace"),
         "api": repr(responses),
         "sse": "".join(sse),
+        "metrics": metrics,
     }
     needles = [TOKEN, *MULTI.splitlines(), "s3cret-Pa55word"]
     for where, text in haystacks.items():
