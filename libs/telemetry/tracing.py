@@ -12,6 +12,7 @@ The trace context crosses processes in NATS message headers, as W3C
 `traceparent` (and `tracestate`), injected and extracted here.
 """
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -315,8 +316,14 @@ async def headers_at(js: JetStreamContext, stream: str, seq: int) -> dict[str, s
         stored = await js.get_msg(stream, seq)
     except (NatsError, TimeoutError) as exc:
         log.debug("no trace context: message %d of %s unreadable: %s", seq, stream, exc)
-        return {}
-    return dict(stored.headers or {})
+        stored = None
+    # On Python 3.11, asyncio.wait_for (inside nats-py's request) returns the
+    # reply instead of raising when a cancel arrives as the reply does; the
+    # cancel is then lost and a stopping service never stops. Raise it here.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+    return dict(stored.headers or {}) if stored is not None else {}
 
 
 @contextlib.contextmanager
