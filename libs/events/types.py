@@ -49,6 +49,11 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     job_id: str
     run_id: str
     at: datetime = msgspec.field(default_factory=utc_now)
+    prev_hash: str | None = None
+    """SHA-256 (hex) of the job's previous stored message, set by `journal.append`.
+
+    None on a job's first event, and on every event stored before the chain.
+    """
 
 
 class JobSubmitted(Event, frozen=True, kw_only=True, tag="job.submitted"):
