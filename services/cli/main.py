@@ -12,12 +12,24 @@ import os
 import shutil
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from nats.aio.client import Client as NatsClient
+
 from libs.config import Config, ConfigError, load_config
-from libs.events import StasisEventError
+from libs.events import StasisEventError, connect
+from libs.events.audit import (
+    StoredMessage,
+    audit_job,
+    audit_range,
+    follow_messages,
+    message_to_line,
+    read_messages,
+)
 from libs.events.embedded import EmbeddedNats, EmbeddedNatsError
+from libs.events.timeline import describe_message, render_timeline
 from libs.telemetry.logformat import set_log_format
 from services.executor.heartbeat import parse_labels
 from services.executor.service import Executor
@@ -144,6 +156,57 @@ def _parser() -> argparse.ArgumentParser:
         "--output", "-o", help="file to write (default: the artifact's name)"
     )
     artifacts.set_defaults(handler=cmd_artifacts)
+    return _with_stream_commands(parser, commands)
+
+
+def _with_stream_commands(
+    parser: argparse.ArgumentParser, commands: Any
+) -> argparse.ArgumentParser:
+    """Add `events` and `audit`, which read the streams from NATS directly."""
+    nats_url = argparse.ArgumentParser(add_help=False)
+    nats_url.add_argument(
+        "--nats-url",
+        default=os.environ.get("STASIS_NATS_URL"),
+        help="NATS server(s) of the stack, comma-separated (default $STASIS_NATS_URL "
+        "or nats.url of the config file)",
+    )
+
+    events = commands.add_parser(
+        "events", parents=[nats_url], help="print a job's stored events from NATS"
+    )
+    events.add_argument("job_id")
+    events.add_argument(
+        "--follow", "-f", action="store_true", help="go on printing new events"
+    )
+    events.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object a line: subject, seq, stored_at, headers, data",
+    )
+    events.set_defaults(handler=cmd_events)
+
+    audit = commands.add_parser(
+        "audit",
+        parents=[nats_url],
+        help="verify the hash chain of a job's events and print its timeline",
+        description="Exit codes: 0 intact or unchained (written before events "
+        "were chained), 1 tampered or unreadable, 2 usage or connection error.",
+    )
+    audit.add_argument("job_id", nargs="?", help="the job to audit")
+    audit.add_argument(
+        "--all", action="store_true", help="audit every job made in a time range"
+    )
+    audit.add_argument(
+        "--since",
+        type=_parse_time,
+        help="with --all: jobs made at or after this ISO 8601 date or time (UTC)",
+    )
+    audit.add_argument(
+        "--until",
+        type=_parse_time,
+        help="with --all: jobs made before this ISO 8601 date or time (UTC)",
+    )
+    audit.set_defaults(handler=cmd_audit)
     return parser
 
 
@@ -393,6 +456,83 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
     async with GatewayClient(args.url, args.api_key) as client:
         result = await client.request("DELETE", f"/api/v1/jobs/{args.job_id}")
     print(f"cancel requested for run {result['run_id']}")
+    return 0
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"invalid date {text!r}: use ISO 8601, e.g. 2026-01-31 or "
+            "2026-01-31T12:00:00Z"
+        ) from exc
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+async def _connect_nats(args: argparse.Namespace) -> NatsClient:
+    config = _config(args)
+    url = args.nats_url or config.nats.url
+    if not url:
+        raise RuntimeError(
+            f"`stasis {args.command}` reads the streams from NATS, not through the "
+            "gateway: pass --nats-url or set STASIS_NATS_URL"
+        )
+    timeout = float(config.nats.connect_timeout)
+    return await connect(url, f"stasis-{args.command}", timeout)
+
+
+def _print_message(message: StoredMessage, as_json: bool) -> None:
+    if as_json:
+        print(message_to_line(message), flush=True)
+    else:
+        print(describe_message(message), flush=True)
+
+
+async def cmd_events(args: argparse.Namespace) -> int:
+    """Print a job's stored events with stream sequence and time."""
+    client = await _connect_nats(args)
+    try:
+        if args.follow:
+            async for message in follow_messages(client, args.job_id):
+                _print_message(message, args.json)
+            return 0
+        messages = await read_messages(client, args.job_id)
+        if not messages:
+            print(f"stasis: job {args.job_id} has no stored events", file=sys.stderr)
+            return 1
+        for message in messages:
+            _print_message(message, args.json)
+    finally:
+        await client.close()
+    return 0
+
+
+async def cmd_audit(args: argparse.Namespace) -> int:
+    """Audit one job's chain, or count the verdicts of every job in a range."""
+    if bool(args.all) == bool(args.job_id):
+        raise RuntimeError("give either a JOB_ID or --all (with --since/--until)")
+    if (args.since or args.until) and not args.all:
+        raise RuntimeError("--since and --until go with --all")
+    client = await _connect_nats(args)
+    try:
+        if args.all:
+            counts = await audit_range(client, args.since, args.until)
+            for problem in counts.problems:
+                print(problem)
+            print(
+                f"intact {counts.intact}, tampered {counts.tampered}, "
+                f"unreadable {counts.unreadable}, unchained {counts.unchained}"
+            )
+            return 1 if counts.tampered or counts.unreadable else 0
+        report = await audit_job(client, args.job_id)
+    finally:
+        await client.close()
+    sys.stdout.write(render_timeline(report))
+    if report.verdict in ("tampered", "unreadable"):
+        first = report.findings[0].message if report.findings else "no events"
+        print(f"stasis: job {args.job_id} failed the audit: {first}", file=sys.stderr)
+        return 1
     return 0
 
 
