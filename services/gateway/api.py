@@ -18,6 +18,7 @@ from libs.events import (
     new_id,
     subjects,
 )
+from libs.events.asyncapi import asyncapi_document
 from libs.events.fold import RETRYABLE
 from libs.events.ids import is_valid_id
 from libs.events.journal import append, read_job, read_subject
@@ -433,6 +434,11 @@ async def events_schema(request: web.Request) -> web.Response:
     return json_response(events_json_schema())
 
 
+async def asyncapi_schema(request: web.Request) -> web.Response:
+    """Serve the AsyncAPI 3.0 document of the NATS subjects and their messages."""
+    return json_response(asyncapi_document())
+
+
 def add_routes(app: web.Application) -> None:
     """Register every route of the API on `app`."""
     app.router.add_post("/api/v1/jobs", submit_job)
@@ -447,3 +453,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/health", health)
     app.router.add_get("/api/v1/schemas/pipeline.json", pipeline_schema)
     app.router.add_get("/api/v1/schemas/events.json", events_schema)
+    app.router.add_get("/api/v1/schemas/asyncapi.json", asyncapi_schema)

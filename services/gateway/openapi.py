@@ -466,6 +466,11 @@ def _operations() -> dict[tuple[str, str], Operation]:
             tag="schemas",
             responses={"200": _raw("application/json", "The schema.", ANY_OBJECT)},
         ),
+        ("get", "/api/v1/schemas/asyncapi.json"): Operation(
+            summary="AsyncAPI 3.0 document of the NATS subjects and messages",
+            tag="schemas",
+            responses={"200": _raw("application/json", "The document.", ANY_OBJECT)},
+        ),
         ("get", "/api-docs"): Operation(
             summary="This reference, rendered by Scalar",
             tag="docs",
