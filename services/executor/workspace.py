@@ -318,12 +318,18 @@ async def _fetch_target(
         refspecs += [_BRANCHES, _TAGS]
     try:
         await git.fetch(refspecs, depth, display_url)
-    except CloneError:
+    except CloneError as no_branch:
         if not branch:
             raise
         # A tag submission names its tag where a push names its branch.
         source = f"refs/tags/{branch}"
-        await git.fetch([f"+{source}:{target}"], depth, display_url)
+        try:
+            await git.fetch([f"+{source}:{target}"], depth, display_url)
+        except CloneError:
+            raise CloneError(
+                f"{no_branch}; there is no tag of that name either, so check the "
+                "branch or tag name"
+            ) from no_branch
     sha = await git.resolve(target)
     if sha is None:
         raise CloneError(f"{display_url!r} has no {source} after fetching it")

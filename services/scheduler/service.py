@@ -112,9 +112,19 @@ class Scheduler:
         self.state = ServiceState.STOPPING
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        pending: set[asyncio.Task[None]] = set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=5.0)
+        if pending:
+            # A cancel can be lost inside a NATS request (asyncio.wait_for in
+            # Python 3.11); closing the connection ends such a request.
+            log.warning("scheduler tasks ignored cancel for 5s; closing NATS")
         if self._nc is not None:
             await self._nc.close()
+        if pending:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=5.0)
         await self.telemetry.stop()
         self.state = ServiceState.STOPPED
         log.info("scheduler stopped")
