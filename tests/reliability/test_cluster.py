@@ -64,7 +64,8 @@ async def test_node_and_executor_lost(tmp_path: Path, test_image: str) -> None:
         await services.start(*services.processes)
         async with GatewayClient(services.gateway.url) as client:
             jobs = await submit_naps(client, tmp_path / "repo", NAPS)
-            await wait_until(lambda: _running_on(client, jobs, "ex-a"), timeout=30)
+            # Generous: a busy machine starts containers slowly.
+            await wait_until(lambda: _running_on(client, jobs, "ex-a"), timeout=90)
             nodes[0].kill()
             lost.kill()
             await asyncio.sleep(0.5)
