@@ -12,12 +12,14 @@ import asyncio
 import hashlib
 import logging
 import random
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
+from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 EVENT_TYPE_HEADER = "Stasis-Event-Type"
 _WRONG_LAST_SEQUENCE = 10071
 APPEND_ATTEMPTS = 8
+OUTAGE_RETRY_SECONDS = 30.0
+"""How long an append with a message id is tried again while NATS is away."""
+TRANSIENT_ERRORS = (NatsTimeoutError, NoRespondersError, ConnectionClosedError)
 """Reads and appends an unguarded `append` tries before it raises StreamConflict."""
 
 
@@ -63,6 +68,43 @@ async def append(
     StreamConflict unless the job's last event is at that sequence (0: none);
     such an append is never retried.
     """
+    # NATS may be briefly away (a restart, a node loss). With a message id a
+    # repeat is stored once, so the append is tried again for a bounded time;
+    # without one a repeat could store the event twice, so the error is raised.
+    deadline = time.monotonic() + OUTAGE_RETRY_SECONDS
+    delay = 0.2
+    while True:
+        try:
+            return await _append_once(
+                js,
+                event,
+                msg_id=msg_id,
+                expected_last_seq=expected_last_seq,
+                headers=headers,
+            )
+        except TRANSIENT_ERRORS as exc:
+            if msg_id is None or time.monotonic() >= deadline:
+                raise
+            log.warning(
+                "append of %s to job %s failed (%s: %s); trying again with the "
+                "same message id",
+                event_tag(event),
+                event.job_id,
+                type(exc).__name__,
+                exc,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def _append_once(
+    js: JetStreamContext,
+    event: AnyEvent,
+    *,
+    msg_id: str | None,
+    expected_last_seq: int | None,
+    headers: dict[str, str] | None,
+) -> int:
     # Cost of the chain, measured with `python -m tests.scaling.bench_append`
     # (nats-server 2.15.1 on loopback, 2 cores, p50 of awaited appends over
     # three runs). One writer on one job: 0.21-0.30 ms before, 0.46-0.56 ms

@@ -119,7 +119,10 @@ class Heartbeat:
     async def start(self, js: JetStreamContext, replicas: int = 1) -> None:
         """Put the first heartbeat, then keep putting one every `interval`."""
         self._kv = await open_heartbeat_bucket(js, replicas)
-        await self._put()
+        try:
+            await self._put()
+        except Exception as exc:  # a NATS node may be away; _beat tries again
+            log.warning("first heartbeat of %s failed: %s", self.executor_id, exc)
         self._task = asyncio.create_task(self._beat(), name="executor-heartbeat")
 
     async def stop(self) -> None:

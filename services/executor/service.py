@@ -75,6 +75,8 @@ class Executor:
         """The dispatch order and job id of each running run, by run id."""
         self._attempts: dict[str, int] = {}
         """The attempt this executor runs of each running run."""
+        self._finishing: set[str] = set()
+        """Runs whose outcome this executor is appending now."""
         self._superseded: set[str] = set()
         """Runs whose attempt here was declared lost by another executor."""
         cfg = config.executor
@@ -148,7 +150,12 @@ class Executor:
         await self._heartbeat.stop()
         if self._puller is not None:
             self._puller.cancel()
-            await asyncio.gather(self._puller, return_exceptions=True)
+            # A cancel can be lost inside nats-py's fetch (asyncio.wait_for in
+            # Python 3.11); a puller still pending is cancelled again below.
+            _, pending = await asyncio.wait({self._puller}, timeout=5.0)
+            if pending:
+                log.warning("executor pull loop ignored cancel; cancelling again")
+                self._puller.cancel()
         unfinished = await self._drain_runs(drain_timeout(self.config))
         for run_id, task in unfinished.items():
             await self._hand_back(run_id, task)
@@ -244,6 +251,7 @@ class Executor:
             self._stops.pop(order.run_id, None)
             self._attempts.pop(order.run_id, None)
             self._superseded.discard(order.run_id)
+            self._finishing.discard(order.run_id)
             self._slots.release()
 
         task.add_done_callback(finished)
@@ -432,15 +440,34 @@ class Executor:
             return None
         return await self._vault.get(job.job_id)
 
-    async def _still_ours(self, job: JobState, run_id: str) -> bool:
-        """Tell whether the run's current attempt is the one this executor ran."""
+    async def _still_ours(self, job: JobState, run_id: str) -> int | None:
+        """Return the job's last sequence if the run's attempt is still this
+        executor's, else None."""
         assert self._js is not None
-        state = fold(s.event for s in await read_job(self._js, job.job_id))
+        stored = await read_job(self._js, job.job_id)
+        state = fold(s.event for s in stored)
         run = state.run(run_id) if state else None
         if run is None or run.finished:
-            return False
-        return run.attempt == self._attempts.get(run_id, run.attempt) and (
+            return None
+        ours = run.attempt == self._attempts.get(run_id, run.attempt) and (
             run.executor_id == self.config.executor.id
+        )
+        return stored[-1].seq if ours else None
+
+    def _on_run_finished(self, event: AnyEvent) -> None:
+        """Stop a run here that another writer has already finished."""
+        if not isinstance(event, RunFinished):
+            return
+        stop = self._stops.get(event.run_id)
+        if stop is None or event.run_id in self._finishing:
+            return
+        self._superseded.add(event.run_id)
+        stop.hurry.set()
+        stop.requested.set()
+        log.warning(
+            "run %s was finished elsewhere (%s); stopping it here",
+            event.run_id,
+            event.outcome,
         )
 
     def _on_attempt_lost(self, event: AnyEvent) -> None:
@@ -470,24 +497,36 @@ class Executor:
         self, job: JobState, run_id: str, result: RunResult, started: float
     ) -> None:
         assert self._js is not None
-        if run_id in self._superseded or not await self._still_ours(job, run_id):
-            log.info(
-                "run %s has a newer attempt elsewhere; its outcome is theirs", run_id
-            )
-            return
         duration = time.monotonic() - started
-        await append(
-            self._js,
-            RunFinished(
-                job_id=job.job_id,
-                run_id=run_id,
-                outcome=result.outcome,  # type: ignore[arg-type]
-                reason=result.reason,
-                duration_s=round(duration, 3),
-                last_log_seq=result.last_log_seq,
-            ),
-            msg_id=f"{run_id}:finished",
+        finished = RunFinished(
+            job_id=job.job_id,
+            run_id=run_id,
+            outcome=result.outcome,  # type: ignore[arg-type]
+            reason=result.reason,
+            duration_s=round(duration, 3),
+            last_log_seq=result.last_log_seq,
         )
+        self._finishing.add(run_id)
+        # Guarded by the job's last sequence: an attempt_lost appended by
+        # another executor between the check and the append makes it conflict.
+        for _ in range(5):
+            last = await self._still_ours(job, run_id)
+            if run_id in self._superseded or last is None:
+                log.info(
+                    "run %s has a newer attempt elsewhere; its outcome is theirs",
+                    run_id,
+                )
+                return
+            try:
+                await append(
+                    self._js,
+                    finished,
+                    msg_id=f"{run_id}:finished",
+                    expected_last_seq=last,
+                )
+                break
+            except StreamConflict:
+                continue
         self.metrics.observe_run(result.outcome, duration)
         log.info(
             "run %s of job %s finished: %s in %.2fs %s",
@@ -504,6 +543,9 @@ class Executor:
         # lost attempts of runs this executor runs matter here.
         if b'"run.attempt_lost"' in msg.data:
             self._on_attempt_lost(decode_event(msg.data))
+            return
+        if b'"run.finished"' in msg.data:
+            self._on_run_finished(decode_event(msg.data))
             return
         if b'"run.cancel_requested"' not in msg.data:
             return
