@@ -23,7 +23,6 @@ from . import subjects
 
 log = logging.getLogger(__name__)
 
-SCHEDULER_CONSUMER = "scheduler"
 LOGSINK_CONSUMER = "logsink"
 
 
@@ -118,19 +117,6 @@ def dispatch_consumer_config(pool: str, ack_wait: float) -> ConsumerConfig:
         ack_wait=ack_wait,
         max_deliver=-1,
         max_ack_pending=-1,
-    )
-
-
-def scheduler_consumer_config() -> ConsumerConfig:
-    """Return the scheduler's durable consumer over every job event."""
-    return ConsumerConfig(
-        durable_name=SCHEDULER_CONSUMER,
-        filter_subject=subjects.ALL_JOBS,
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=30.0,
-        max_deliver=-1,
-        max_ack_pending=10_000,
     )
 
 
