@@ -3,8 +3,8 @@
 The gateway puts a job's secret variables and clone credentials here, and the
 job's events carry only their names. A key-value bucket is a stream too, so
 values are encrypted with Fernet (AES-128-CBC and HMAC-SHA256, from the
-`cryptography` package) before they reach NATS: whoever can read the stream
-but not the key sees only ciphertext. The bucket's TTL removes what no run
+`cryptography` package) before they reach NATS. A reader of the stream without
+the key gets only ciphertext. The bucket's TTL removes what no run
 came to collect; the executor purges a job's entry when its run ends.
 
 Every gateway and executor of a deployment needs the same key: set
@@ -33,7 +33,7 @@ class SecretsUnavailable(Exception):
 
 
 class JobSecrets(msgspec.Struct, frozen=True, kw_only=True):
-    """What the vault keeps for one job."""
+    """The secret variables and clone credentials the vault keeps for one job."""
 
     variables: dict[str, str] = {}
     credentials: dict[str, str | bool | None] | None = None

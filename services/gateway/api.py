@@ -69,7 +69,7 @@ def is_number(text: str) -> bool:
 
 
 def json_response(value: object, status: int = 200, **headers: str) -> web.Response:
-    """Encode `value` with msgspec and answer with it."""
+    """Return a JSON response of `value`, encoded with msgspec."""
     return web.Response(
         status=status,
         body=_encoder.encode(value),
@@ -87,7 +87,7 @@ def base_url(request: web.Request) -> str:
 
 
 async def submit_job(request: web.Request) -> web.Response:
-    """Accept a job, append `job.submitted` and answer 202 with its ids."""
+    """Validate a job, append `job.submitted` and return 202 with its ids."""
     body = await request.read()
     try:
         job_request = _request_decoder.decode(body)
@@ -203,8 +203,8 @@ async def _original_submission(
 ) -> tuple[JobSubmitted, str | None]:
     """Return the submission stored at `seq` and the digest of its request body.
 
-    A repeated Idempotency-Key returns the first append's sequence: answer with
-    the ids stored there, not the ones just made up.
+    A repeated Idempotency-Key returns the first append's sequence, so the
+    response carries the ids stored there, not the ones just made up.
     """
     stored = await js.get_msg(subjects.JOBS_STREAM, seq)
     original = decode_event(stored.data or b"")
