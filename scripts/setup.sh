@@ -26,7 +26,10 @@ if [[ ! -x .venv/bin/python ]]; then
     echo "setup: creating .venv"
     python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+# This machine's pip configuration names local package folders that may be
+# missing; pip warns once per package about each, which hides real errors.
+.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 |
+    { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 (cd tests/node && npm ci --no-audit --no-fund --silent)
 # The API reference page serves Scalar's bundle itself, so it needs no internet.
