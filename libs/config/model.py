@@ -17,7 +17,7 @@ def _default_executor_id() -> str:
 
 
 class NatsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Where NATS is and how the JetStream streams are set up."""
+    """The NATS server to use and the settings of the JetStream streams."""
 
     url: str | None = None
     """Server URL(s), comma-separated; unset starts an embedded nats-server."""
@@ -30,7 +30,7 @@ class NatsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     logs_max_age: float | str = "7d"
     """How long log chunks stay in NATS; the logsink's files stay."""
     logs_max_bytes: int | str = -1
-    """Size cap of the logs stream; -1 is none."""
+    """Size cap of the logs stream; -1 means no cap."""
     duplicate_window: float | str = "2m"
     """How long a repeated Idempotency-Key or message id is recognised."""
     ack_wait: float | str = "30s"
@@ -130,7 +130,7 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class ArtifactsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Where artifacts are stored."""
+    """The artifact store and its limits."""
 
     storage_type: str = "local"
     """"local" (files under `path`) or "s3"."""
@@ -174,7 +174,7 @@ class ForwardEndpoint(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     flush_interval: float = 1.0
     """Seconds a partial batch waits before it is sent."""
     rate_limit_per_second: float = 10.0
-    """Most requests per second to this endpoint."""
+    """Maximum requests per second to this endpoint."""
     max_attempts: int = 8
     """Tries per batch before it goes to the dead-letter file."""
     retry_base: float = 0.5
@@ -183,7 +183,7 @@ class ForwardEndpoint(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class LogsinkConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Where the logsink sends log chunks besides its own files."""
+    """The logsink's destinations besides its own files."""
 
     forward: list[ForwardEndpoint] = []
     """HTTP endpoints that receive log chunks in batches; see docs/logs.md."""
@@ -200,7 +200,7 @@ class AuthConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = False
     """Require an API key on every path but the public ones."""
     api_keys: list[str] = []
-    """Keys in plain text or as `sha256:<hex>`; each sees only its own jobs."""
+    """Keys in plain text or as `sha256:<hex>`; each can read only its own jobs."""
     admin_keys: list[str] = []
     """Keys, in the same forms, that see and act on every job."""
     api_key_file: str | None = None
@@ -221,7 +221,7 @@ class AuthConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class SecretsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """How secret variables and clone credentials are kept between submit and run."""
+    """The storage of secret variables and clone credentials between submit and run."""
 
     key: str | None = None
     """Fernet key (URL-safe base64 of 32 bytes) shared by gateways and executors."""
@@ -277,7 +277,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     @property
     def secrets_key_file(self) -> str:
-        """The file that holds the secrets key when `secrets.key` is unset."""
+        """The file that contains the secrets key when `secrets.key` is unset."""
         return self.secrets.key_file or os.path.join(self.data_dir, "secrets.key")
 
     @property

@@ -1,4 +1,4 @@
-"""Connecting to NATS with reconnects and a clear error when nobody answers."""
+"""Connecting to NATS with reconnects, and a clear error when no server responds."""
 
 import logging
 
@@ -18,7 +18,7 @@ async def connect(url: str, name: str, connect_timeout: float = 5.0) -> Client:
 
     Once connected, the client reconnects forever with a short pause between
     tries, so that a restarted server is picked up by itself. Raises
-    NatsUnavailable when no server answers the first connect.
+    NatsUnavailable when no server responds to the first connect.
     """
     servers = [s.strip() for s in url.split(",") if s.strip()]
 
@@ -50,7 +50,7 @@ async def connect(url: str, name: str, connect_timeout: float = 5.0) -> Client:
         )
     except (NoServersError, OSError, TimeoutError) as exc:
         raise NatsUnavailable(
-            f"no NATS server answered at {url!r} ({exc.__class__.__name__}: {exc}). "
+            f"no NATS server responded at {url!r} ({exc.__class__.__name__}: {exc}). "
             "Start nats-server with JetStream (-js) there, or leave nats.url unset "
             "so that stasis starts an embedded server"
         ) from exc

@@ -56,7 +56,7 @@ _RANK = {"submitted": 0, "queued": 1, "running": 2}
 
 
 class StepState(msgspec.Struct, frozen=True, kw_only=True):
-    """What is known of one step in one run."""
+    """The state of one step in one run."""
 
     name: str
     type: str
@@ -84,7 +84,7 @@ class ArtifactRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RunState(msgspec.Struct, frozen=True, kw_only=True):
-    """What is known of one run of a job."""
+    """The state of one run of a job."""
 
     run_id: str
     number: int
@@ -118,7 +118,7 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class JobState(msgspec.Struct, frozen=True, kw_only=True):
-    """What is known of one job: what was submitted and each of its runs."""
+    """The state of one job: its submission and each of its runs."""
 
     job_id: str
     repository: Repository

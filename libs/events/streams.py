@@ -92,9 +92,9 @@ async def ensure_consumer(
 ) -> None:
     """Create a durable consumer; an existing one with other settings is kept.
 
-    JetStream answers an identical create with the existing consumer, so only
-    a changed setting fails; the consumer then keeps its old settings until
-    an operator deletes it, which the warning says.
+    JetStream returns the existing consumer for an identical create, so only a
+    changed setting fails. The consumer then keeps its old settings until an
+    operator deletes it, and the logged warning says so.
     """
     try:
         await js.add_consumer(stream, config)

@@ -10,7 +10,7 @@ import aiohttp
 
 
 class ApiError(Exception):
-    """Raised for an error answer of the gateway, with its problem detail."""
+    """Raised for an error response of the gateway, with its problem detail."""
 
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(f"HTTP {status}: {detail}" if status else detail)
@@ -32,7 +32,7 @@ class GatewayClient:
 
     The client reads its own writes: every request carries the highest
     `Stasis-Seq` a write returned so far as `Stasis-Min-Seq`, so the gateway
-    waits until its projection has applied that write before it answers.
+    waits until its projection has applied that write before it responds.
     """
 
     def __init__(self, base_url: str, api_key: str | None = None) -> None:
@@ -50,7 +50,7 @@ class GatewayClient:
         await self._session.close()
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Send a request and return the decoded JSON (or text) answer."""
+        """Send a request and return the decoded JSON (or text) response."""
         headers = {**kwargs.pop("headers", {}), **self._consistency()}
         try:
             async with self._session.request(

@@ -44,7 +44,7 @@ class ContainerStartFailed(Exception):
 
 @dataclass
 class ContainerSpec:
-    """What one step container runs and with which limits."""
+    """The command, environment and limits of one step container."""
 
     image: str
     command: list[str]
@@ -57,7 +57,7 @@ class ContainerSpec:
 
 @dataclass
 class ContainerResult:
-    """How a step container ended."""
+    """The end state of a step container."""
 
     exit_code: int | None
     timed_out: bool = False

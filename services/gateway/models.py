@@ -16,7 +16,7 @@ _URL = re.compile(r"^(https?|file|ssh|git)://\S+$|^/\S*$|^[\w.-]+@[\w.-]+:\S+$")
 
 
 class RepositoryRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Which repository to build, and at which branch or commit."""
+    """The repository to build, and its branch or commit."""
 
     url: str
     branch: str | None = None
@@ -64,7 +64,7 @@ class JobLinks(msgspec.Struct, kw_only=True):
 
 
 class JobAccepted(msgspec.Struct, kw_only=True):
-    """The body of a 202 answer to a submission."""
+    """The body of a 202 response to a submission."""
 
     job_id: str
     run_id: str

@@ -114,8 +114,8 @@ class JobStream:
         headers = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
         subscriptions: list[tuple[str, Any]] = []
         try:
-            # Subscribe before the response starts, so that a refusal can still
-            # be answered with a status code.
+            # Subscribe before the response starts, so that a rejection can still
+            # get a status code.
             events, logs = await self._subscribe(subscriptions)
             async with sse_response(
                 request, headers=headers, ping_interval=heartbeat
@@ -146,7 +146,9 @@ class JobStream:
             )
             subscriptions.append((subjects.LOGS_STREAM, logs))
         except APIError as exc:
-            log.warning("SSE stream of job %s refused by NATS: %s", self.job_id, exc)
+            log.warning(
+                "NATS rejected the SSE consumers of job %s: %s", self.job_id, exc
+            )
             raise ProblemError(
                 503,
                 "Stream unavailable",
